@@ -1,0 +1,30 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+from sqlalchemy import text
+
+from api.http import db_session
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """Ready when the database answers and the broker accepts a connection."""
+    state = current_app.extensions["pushq"]
+    checks = {}
+    try:
+        db_session().execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - report, don't crash the probe
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        with state.dispatcher.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+        checks["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["broker"] = f"error: {type(exc).__name__}"
+    healthy = all(value == "ok" for value in checks.values())
+    return {"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503

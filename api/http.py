@@ -1,0 +1,209 @@
+"""The plumbing every view shares: JSON parsing, auth, errors, the request's session.
+
+Views stay thin: parse with a schema, authorize, call one service function,
+serialize. Each route is declared with :func:`endpoint`, which also records
+what the OpenAPI document says about it, so the document cannot drift from the
+routes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from flask import Blueprint, current_app, g, jsonify, request
+from marshmallow import Schema, ValidationError
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
+
+from api.auth import SEND_SCOPE, AuthError, Principal
+from shared.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+Auth = Literal["service", "user", "any", "none"]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.extra = status, error, message, extra
+
+
+def error_response(status: int, error: str, message: str, **extra: Any):
+    response = jsonify({"error": error, "message": message, **extra})
+    response.status_code = status
+    return response
+
+
+@dataclass
+class EndpointSpec:
+    rule: str
+    method: str
+    summary: str
+    auth: Auth
+    request_schema: type[Schema] | None
+    query_schema: type[Schema] | None
+    responses: dict[int, type[Schema] | None]
+    errors: dict[int, str]
+    view_name: str
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+ENDPOINTS: list[EndpointSpec] = []
+
+STANDARD_ERRORS = {
+    "service": {401: "Invalid token", 403: "Missing required scope"},
+    "user": {401: "Invalid token", 403: "User token required"},
+    "any": {401: "Invalid token", 403: "Missing required scope"},
+    "none": {},
+}
+
+
+def endpoint(
+    bp: Blueprint,
+    rule: str,
+    method: str,
+    *,
+    summary: str,
+    auth: Auth,
+    responses: dict[int, type[Schema] | None],
+    request_schema: type[Schema] | None = None,
+    query_schema: type[Schema] | None = None,
+    errors: dict[int, str] | None = None,
+    tags: list[str] | None = None,
+) -> Callable:
+    """Register a view on ``bp`` with its auth rule and its OpenAPI description.
+
+    The view is called as ``view(principal, body_or_query, **path_args)``.
+    """
+
+    def decorator(view: Callable) -> Callable:
+        all_errors = dict(STANDARD_ERRORS[auth])
+        if request_schema is not None:
+            all_errors[400] = "Invalid request"
+            all_errors[415] = "Content-Type must be application/json"
+        if query_schema is not None:
+            all_errors.setdefault(400, "Invalid request")
+        all_errors.update(errors or {})
+        ENDPOINTS.append(
+            EndpointSpec(
+                rule=rule, method=method, summary=summary, auth=auth, request_schema=request_schema,
+                query_schema=query_schema, responses=responses, errors=all_errors, view_name=view.__name__,
+                description=(view.__doc__ or "").strip(), tags=tags or [],
+            )
+        )
+
+        @functools.wraps(view)
+        def wrapper(**path_args: Any):
+            principal = authorize(auth)
+            if request_schema is not None:
+                payload = request_schema().load(json_body())
+            elif query_schema is not None:
+                payload = query_schema().load(request.args.to_dict())
+            else:
+                payload = None
+            return view(principal, payload, **path_args)
+
+        bp.add_url_rule(rule.replace("{", "<").replace("}", ">"), view.__name__, wrapper, methods=[method])
+        return wrapper
+
+    return decorator
+
+
+def parse_id(value: str, not_found: type[ServiceError]) -> uuid.UUID:
+    """A path id as UUID; a malformed one is simply an object that does not exist."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise not_found() from None
+
+
+def authorize(auth: Auth) -> Principal | None:
+    if auth == "none":
+        return None
+    try:
+        principal = current_app.extensions["pushq"].verifier.verify(request.headers.get("Authorization"))
+    except AuthError as exc:
+        log.info("rejected token: %s", exc)
+        raise ApiError(401, "invalid_token", "Invalid token") from None
+    if auth == "service" and not (principal.is_service and SEND_SCOPE in principal.scopes):
+        raise ApiError(403, "missing_scope", "Missing required scope")
+    if auth == "user" and principal.is_service:
+        raise ApiError(403, "user_token_required", "User token required")
+    if auth == "any" and principal.is_service and SEND_SCOPE not in principal.scopes:
+        raise ApiError(403, "missing_scope", "Missing required scope")
+    return principal
+
+
+def json_body() -> Any:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "malformed_json", "Request body is not valid JSON")
+    if not isinstance(body, dict):
+        raise ApiError(400, "validation_error", "Invalid request", fields={"_schema": ["Expected a JSON object."]})
+    return body
+
+
+def db_session() -> Session:
+    """The request's one session; committed or rolled back by :func:`finish_session`."""
+    session = g.get("db_session")
+    if session is None:
+        session = g.db_session = current_app.extensions["pushq"].session_factory()
+    return session
+
+
+def finish_session(response):
+    """Commit on success (running after-commit enqueues), roll back otherwise."""
+    session = g.pop("db_session", None)
+    if session is None:
+        return response
+    try:
+        if response.status_code < 400:
+            session.commit()
+        else:
+            session.rollback()
+    except Exception:  # noqa: BLE001 - the client must not see 2xx for uncommitted work
+        log.exception("commit failed")
+        session.rollback()
+        response = error_response(503, "unavailable", "Database unavailable, try again")
+    finally:
+        session.close()
+    return response
+
+
+def discard_session(_exc: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.rollback()
+        session.close()
+
+
+def register_error_handlers(app) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.error, exc.message, **exc.extra)
+
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError):
+        return error_response(exc.status, exc.code, exc.message, **exc.details)
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(exc: ValidationError):
+        return error_response(400, "validation_error", "Invalid request", fields=exc.normalized_messages())
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "Internal server error")

@@ -1,0 +1,86 @@
+"""``GET /openapi.json``: the OpenAPI 3 document, generated from the routes' declarations.
+
+Each route is declared once with :func:`api.http.endpoint`; this module turns
+those declarations and their marshmallow schemas into the document, so what is
+served and what is documented are the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint
+
+from api.http import ENDPOINTS, EndpointSpec
+from api.schemas import ErrorSchema, ValidationErrorSchema
+
+bp = Blueprint("openapi", __name__)
+
+_SECURITY = {"service": [{"serviceToken": ["push:send"]}], "user": [{"userToken": []}],
+             "any": [{"userToken": []}, {"serviceToken": ["push:send"]}], "none": []}
+
+
+def _operation(spec: EndpointSpec) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, schema in spec.responses.items():
+        responses[str(status)] = {"description": "Success"}
+        if schema is not None:
+            responses[str(status)]["content"] = {"application/json": {"schema": schema}}
+    for status, description in sorted(spec.errors.items()):
+        error_schema = ValidationErrorSchema if status == 400 else ErrorSchema
+        responses[str(status)] = {"description": description, "content": {"application/json": {"schema": error_schema}}}
+    operation: dict[str, Any] = {
+        "operationId": spec.view_name,
+        "summary": spec.summary,
+        "tags": spec.tags,
+        "security": _SECURITY[spec.auth],
+        "responses": responses,
+    }
+    if spec.description:
+        operation["description"] = spec.description
+    path_params = re.findall(r"{(\w+)}", spec.rule)
+    parameters: list[dict[str, Any]] = [
+        {"in": "path", "name": name, "required": True, "schema": {"type": "string", "format": "uuid"}}
+        for name in path_params
+    ]
+    if spec.query_schema is not None:
+        parameters.append({"in": "query", "schema": spec.query_schema})
+    if parameters:
+        operation["parameters"] = parameters
+    if spec.request_schema is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": spec.request_schema}}}
+    return operation
+
+
+@lru_cache(maxsize=1)
+def build_spec() -> dict[str, Any]:
+    spec = APISpec(
+        title="pushq",
+        version="0.1.0",
+        openapi_version="3.0.3",
+        plugins=[MarshmallowPlugin()],
+        info={"description": "Queue-backed push notifications: Web Push, APNs and FCM behind one API."},
+    )
+    spec.components.security_scheme(
+        "serviceToken",
+        {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+         "description": "Service JWT from a client-credentials grant: claims app_id and scope (push:send)."},
+    )
+    spec.components.security_scheme(
+        "userToken", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "User JWT: sub is the user id."}
+    )
+    by_rule: dict[str, dict[str, Any]] = {}
+    for endpoint_spec in ENDPOINTS:
+        by_rule.setdefault(endpoint_spec.rule, {})[endpoint_spec.method.lower()] = _operation(endpoint_spec)
+    for rule, operations in by_rule.items():
+        spec.path(path=rule, operations=operations)
+    return spec.to_dict()
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return build_spec()

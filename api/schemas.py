@@ -1,0 +1,152 @@
+"""Request and response schemas (marshmallow); the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from shared.models import DeliveryStatus, NotificationStatus, Platform
+from shared.services.sends import MAX_BODY_CHARS, MAX_RECIPIENTS, MAX_TITLE_CHARS, MAX_TTL_SECONDS
+
+MAX_PUSH_TOKEN_CHARS = 8192
+MAX_ENROLL_BATCH = 1000
+
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "Stable machine-readable error code."})
+    message = fields.String(required=True, metadata={"description": "Human-readable message, as documented."})
+
+
+class ValidationErrorSchema(ErrorSchema):
+    fields = fields.Dict(metadata={"description": "Per-field validation messages."})
+
+
+class RegisterDeviceRequest(Schema):
+    app_id = fields.UUID(required=True)
+    platform = fields.String(required=True, validate=validate.OneOf([p.value for p in Platform]))
+    push_token = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=MAX_PUSH_TOKEN_CHARS),
+        metadata={
+            "description": "APNs device token (hex), FCM registration token, or for web the "
+            "PushSubscription as JSON text (JSON.stringify(subscription))."
+        },
+    )
+
+
+class DeviceIdResponse(Schema):
+    device_id = fields.UUID(required=True)
+
+
+class StatusResponse(Schema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+def _title() -> fields.String:
+    return fields.String(required=True, validate=validate.Length(min=1, max=MAX_TITLE_CHARS))
+
+
+def _body() -> fields.String:
+    return fields.String(required=True, validate=validate.Length(min=1, max=MAX_BODY_CHARS))
+
+
+def _data() -> fields.Dict:
+    return fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        metadata={"description": "Free-form JSON object delivered with the message; at most 4096 bytes as UTF-8 JSON."},
+    )
+
+
+def _ttl() -> fields.Integer:
+    return fields.Integer(
+        strict=True,
+        validate=validate.Range(min=0, max=MAX_TTL_SECONDS),
+        load_default=None,
+        metadata={"description": "Seconds the message may wait for delivery; defaults to PUSHQ_DEFAULT_TTL."},
+    )
+
+
+class SendRequest(Schema):
+    user_id = fields.UUID(required=True)
+    title = _title()
+    body = _body()
+    data = _data()
+    ttl = _ttl()
+
+
+class BulkSendRequest(Schema):
+    user_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(min=1, max=MAX_RECIPIENTS))
+    title = _title()
+    body = _body()
+    data = _data()
+    ttl = _ttl()
+
+    @validates("user_ids")
+    def _distinct(self, value: list, **_kwargs: object) -> None:
+        if len(set(value)) != len(value):
+            raise ValidationError("user_ids must not repeat a user")
+
+
+class BatchSendRequest(Schema):
+    notifications = fields.List(
+        fields.Nested(SendRequest), required=True, validate=validate.Length(min=1, max=MAX_RECIPIENTS)
+    )
+
+
+class NotificationIdResponse(Schema):
+    notification_id = fields.UUID(required=True)
+
+
+class NotificationIdsResponse(Schema):
+    notification_ids = fields.List(fields.UUID(), required=True, metadata={"description": "In request order."})
+
+
+class DeliverySchema(Schema):
+    id = fields.UUID(required=True)
+    device_id = fields.UUID(required=True)
+    platform = fields.String(required=True, validate=validate.OneOf([p.value for p in Platform]))
+    status = fields.String(required=True, validate=validate.OneOf([s.value for s in DeliveryStatus]))
+    attempts = fields.Integer(required=True)
+    vendor_message_id = fields.String(allow_none=True, required=True)
+    last_error = fields.String(allow_none=True, required=True)
+    next_attempt_at = fields.AwareDateTime(allow_none=True, required=True)
+    sent_at = fields.AwareDateTime(allow_none=True, required=True)
+    updated_at = fields.AwareDateTime(required=True)
+
+
+class NotificationSchema(Schema):
+    id = fields.UUID(required=True)
+    app_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    title = fields.String(required=True)
+    body = fields.String(required=True)
+    data = fields.Dict(required=True)
+    ttl = fields.Integer(required=True)
+    status = fields.String(required=True, validate=validate.OneOf([s.value for s in NotificationStatus]))
+    created_at = fields.AwareDateTime(required=True)
+    expires_at = fields.AwareDateTime(required=True)
+    deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
+
+
+class EnrollRequest(Schema):
+    user_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(min=1, max=MAX_ENROLL_BATCH))
+
+
+class EnrollResponse(Schema):
+    enrolled = fields.Integer(required=True, metadata={"description": "Users newly enrolled (already enrolled ones are skipped)."})
+
+
+class EnrollmentSchema(Schema):
+    app_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    enrolled_at = fields.AwareDateTime(required=True, attribute="created_at")
+
+
+class EnrollmentPage(Schema):
+    items = fields.List(fields.Nested(EnrollmentSchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True, metadata={"description": "Pass as ?cursor= for the next page; null at the end."})
+
+
+class PageQuery(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.UUID(load_default=None)

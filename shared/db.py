@@ -1,0 +1,82 @@
+"""Engine and session handling shared by the API, the workers and the CLI.
+
+One session per request and per task: callers open it with :func:`session_scope`
+(or the API's request hook), and work that must only happen once the data is
+durable (enqueueing a task) is registered with :func:`after_commit`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+_AFTER_COMMIT_KEY = "pushq_after_commit"
+
+
+def make_engine(database_url: str, **kwargs: object) -> Engine:
+    """An engine with sane pool settings for PostgreSQL and safe defaults for SQLite."""
+    if database_url.startswith("sqlite"):
+        engine = create_engine(database_url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - exercised by make run
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    # pool_pre_ping replaces connections PostgreSQL dropped (restart, failover, idle kill).
+    kwargs.setdefault("pool_pre_ping", True)
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 5)
+        kwargs.setdefault("max_overflow", 10)
+    return create_engine(database_url, **kwargs)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the session's current transaction has committed.
+
+    Used to enqueue Celery tasks only for rows that are durable; if the
+    transaction rolls back the callback is dropped.
+    """
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    callbacks = session.info.pop(_AFTER_COMMIT_KEY, [])
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - the data is committed; the sweeper retries the enqueue
+            log.exception("after-commit callback failed; the sweeper will pick the work up")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT_KEY, None)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session committed on success and rolled back on error, closed either way."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,63 @@
+"""`pushq demo`: one notification through the real pipeline to a local Web Push service."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import requests
+
+from api.auth import mint_token
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.services.apps import create_app
+from shared.services.enrollments import enroll
+from standins.webpush import WebPushStandin
+
+FINAL = {"delivered", "partially_delivered", "failed", "expired", "no_devices"}
+
+
+def run_demo(settings: Settings, api_url: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Register a subscription, send to it through ``api_url``, return what the push service decrypted."""
+    engine = make_engine(settings.database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        app = create_app(session, "pushq demo", "mailto:demo@example.com")
+        user_id = uuid.uuid4()
+        enroll(session, app.id, [user_id])
+    engine.dispose()
+    user_token = mint_token(settings, subject=str(user_id))
+    service_token = mint_token(settings, subject="demo", app_id=app.id, scopes=["push:send"])
+    with WebPushStandin().start() as push_service, requests.Session() as http:
+        subscription = push_service.new_subscription(application_server_key=app.vapid_public_key)
+        registered = http.post(
+            f"{api_url}/push/devices/register",
+            json={"app_id": str(app.id), "platform": "web", "push_token": json.dumps(subscription)},
+            headers={"Authorization": f"Bearer {user_token}"},
+            timeout=10,
+        )
+        registered.raise_for_status()
+        auth = {"Authorization": f"Bearer {service_token}"}
+        sent = http.post(
+            f"{api_url}/push/send",
+            json={"user_id": str(user_id), "title": "Hello from pushq",
+                  "body": "This came through the queue, encrypted end to end.", "data": {"route": "/demo"}, "ttl": 600},
+            headers=auth,
+            timeout=10,
+        )
+        sent.raise_for_status()
+        notification_id = sent.json()["notification_id"]
+        deadline = time.monotonic() + timeout
+        while True:
+            notification = http.get(f"{api_url}/push/notifications/{notification_id}", headers=auth, timeout=10).json()
+            if notification["status"] in FINAL or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        received = [message.json() for message in push_service.messages(subscription)]
+    return {
+        "app_id": str(app.id),
+        "device_id": registered.json()["device_id"],
+        "notification": notification,
+        "push_service_received_decrypted": received,
+    }

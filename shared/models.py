@@ -1,0 +1,190 @@
+"""The schema, as SQLAlchemy 2 typed ORM classes.
+
+The database itself is built by Alembic (``migrations/``); a test checks that
+these classes and the migrations never drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Platform(str, enum.Enum):
+    WEB = "web"
+    IOS = "ios"
+    ANDROID = "android"
+
+
+class NotificationStatus(str, enum.Enum):
+    QUEUED = "queued"  # accepted, not yet fanned out
+    SENDING = "sending"  # fanned out, some deliveries still open
+    DELIVERED = "delivered"  # every delivery sent
+    PARTIALLY_DELIVERED = "partially_delivered"
+    FAILED = "failed"  # no delivery sent
+    EXPIRED = "expired"  # ttl ran out before anything was sent
+    NO_DEVICES = "no_devices"  # the user had no active device
+
+
+class DeliveryStatus(str, enum.Enum):
+    PENDING = "pending"  # waiting for a worker
+    SENDING = "sending"  # claimed by a worker (lease in claimed_at)
+    RETRYING = "retrying"  # transient failure; due again at next_attempt_at
+    SENT = "sent"
+    DEAD_TOKEN = "dead_token"  # vendor said the token is gone; device disabled
+    REJECTED = "rejected"  # vendor refused this message for good
+    FAILED = "failed"  # attempts exhausted
+    EXPIRED = "expired"  # ttl ran out before a successful attempt
+    UNSUPPORTED = "unsupported"  # no adapter for the device's platform
+
+
+OPEN_DELIVERY_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.RETRYING)
+
+
+def _values(enum_cls: type[enum.Enum]) -> str:
+    return ", ".join(f"'{member.value}'" for member in enum_cls)
+
+
+class App(Base):
+    """A tenant: a product whose users receive pushes, with its vendor credentials."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    # Web Push VAPID key pair: private key as PEM, public key as the b64url
+    # uncompressed point that browsers take as applicationServerKey.
+    vapid_private_key: Mapped[str] = mapped_column(Text)
+    vapid_public_key: Mapped[str] = mapped_column(String(100))
+    vapid_subject: Mapped[str] = mapped_column(String(255))
+    apns_team_id: Mapped[str | None] = mapped_column(String(20))
+    apns_key_id: Mapped[str | None] = mapped_column(String(20))
+    apns_private_key: Mapped[str | None] = mapped_column(Text)
+    apns_bundle_id: Mapped[str | None] = mapped_column(String(255))
+    apns_use_sandbox: Mapped[bool] = mapped_column(Boolean, default=False)
+    fcm_project_id: Mapped[str | None] = mapped_column(String(255))
+    fcm_service_account: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Enrollment(Base):
+    """A user of an app: only enrolled users can be sent to."""
+
+    __tablename__ = "enrollments"
+
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Device(Base):
+    """One push destination of a user in an app (a browser subscription or a device token)."""
+
+    __tablename__ = "devices"
+    __table_args__ = (
+        UniqueConstraint("app_id", "token_hash"),
+        Index("ix_devices_app_id_user_id", "app_id", "user_id"),
+        CheckConstraint(f"platform IN ({_values(Platform)})", name="platform"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    platform: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(Text)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Notification(Base):
+    """One message to one user of an app; fanned out to a delivery per active device."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("ix_notifications_status_created_at", "status", "created_at"),
+        Index("ix_notifications_app_id_created_at", "app_id", "created_at"),
+        CheckConstraint(f"status IN ({_values(NotificationStatus)})", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    title: Mapped[str] = mapped_column(String(256))
+    body: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    ttl: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(24), default=NotificationStatus.QUEUED.value)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # Set by the fan-out task; a queued notification without it after a while was
+    # never picked up (lost enqueue) and is re-enqueued by the sweeper.
+    fanned_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    deliveries: Mapped[list["Delivery"]] = relationship(
+        back_populates="notification", order_by="Delivery.created_at", lazy="raise"
+    )
+
+
+class Delivery(Base):
+    """One notification to one device, with the outcome of every attempt."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "device_id"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        CheckConstraint(f"status IN ({_values(DeliveryStatus)})", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notifications.id", ondelete="CASCADE"))
+    device_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    platform: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    vendor_message_id: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    notification: Mapped[Notification] = relationship(back_populates="deliveries", lazy="raise")

@@ -1,0 +1,65 @@
+"""Enrollment: which users of an app may be sent to."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from shared.db_upsert import insert_ignore
+from shared.errors import EnrollmentNotFound
+from shared.models import Enrollment, utcnow
+
+
+def enroll(session: Session, app_id: uuid.UUID, user_ids: Iterable[uuid.UUID]) -> int:
+    """Enroll users (idempotent); returns how many were not enrolled before."""
+    rows = [{"app_id": app_id, "user_id": user_id, "created_at": utcnow()} for user_id in dict.fromkeys(user_ids)]
+    if not rows:
+        return 0
+    result = session.execute(insert_ignore(session, Enrollment, rows, ["app_id", "user_id"]))
+    return max(result.rowcount or 0, 0)
+
+
+def unenroll(session: Session, app_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    result = session.execute(
+        delete(Enrollment).where(Enrollment.app_id == app_id, Enrollment.user_id == user_id)
+    )
+    if not result.rowcount:
+        raise EnrollmentNotFound()
+
+
+def get_enrollment(session: Session, app_id: uuid.UUID, user_id: uuid.UUID) -> Enrollment:
+    enrollment = session.get(Enrollment, (app_id, user_id))
+    if enrollment is None:
+        raise EnrollmentNotFound()
+    return enrollment
+
+
+def not_enrolled(session: Session, app_id: uuid.UUID, user_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """The subset of ``user_ids`` not enrolled in the app, in the order given."""
+    wanted = set(user_ids)
+    enrolled = set(
+        session.scalars(
+            select(Enrollment.user_id).where(Enrollment.app_id == app_id, Enrollment.user_id.in_(wanted))
+        )
+    )
+    return [user_id for user_id in dict.fromkeys(user_ids) if user_id not in enrolled]
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Enrollment]
+    next_cursor: str | None
+
+
+def list_enrollments(session: Session, app_id: uuid.UUID, limit: int, after: uuid.UUID | None = None) -> Page:
+    """Enrollments ordered by user id, keyset-paginated (stable under inserts)."""
+    query = select(Enrollment).where(Enrollment.app_id == app_id).order_by(Enrollment.user_id).limit(limit + 1)
+    if after is not None:
+        query = query.where(Enrollment.user_id > after)
+    items = list(session.scalars(query))
+    next_cursor = str(items[limit - 1].user_id) if len(items) > limit else None
+    return Page(items=items[:limit], next_cursor=next_cursor)

@@ -1,0 +1,83 @@
+"""Accepting send requests: validation rules, notification rows, enqueue after commit."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable, Sequence
+
+from sqlalchemy.orm import Session
+
+from shared.db import after_commit
+from shared.errors import DataTooLarge, UserNotEnrolled
+from shared.models import Notification, NotificationStatus, utcnow
+from shared.services.enrollments import not_enrolled
+
+MAX_DATA_BYTES = 4096
+MAX_TITLE_CHARS = 256
+MAX_BODY_CHARS = 4096
+MAX_RECIPIENTS = 500
+MAX_TTL_SECONDS = 28 * 24 * 3600
+
+Enqueue = Callable[[Sequence[uuid.UUID]], None]
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    user_id: uuid.UUID
+    title: str
+    body: str
+    data: dict[str, Any] = field(default_factory=dict)
+    ttl: int | None = None
+
+
+def data_size(data: dict[str, Any]) -> int:
+    """Bytes of ``data`` as sent: compact UTF-8 JSON, multibyte text counted in bytes."""
+    return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def create_notifications(
+    session: Session,
+    app_id: uuid.UUID,
+    requests: Sequence[SendRequest],
+    *,
+    default_ttl: int,
+    enqueue: Enqueue,
+) -> list[uuid.UUID]:
+    """Create one notification per request and enqueue their fan-out once committed.
+
+    Either every request is accepted or none is: one user not enrolled, or one
+    data payload too large, refuses the whole call.
+    """
+    for request in requests:
+        if data_size(request.data) > MAX_DATA_BYTES:
+            raise DataTooLarge(user_id=str(request.user_id))
+    missing = not_enrolled(session, app_id, [request.user_id for request in requests])
+    if missing:
+        raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
+    now = utcnow()
+    notifications = []
+    for request in requests:
+        ttl = default_ttl if request.ttl is None else request.ttl
+        notifications.append(
+            Notification(
+                id=uuid.uuid4(),
+                app_id=app_id,
+                user_id=request.user_id,
+                title=request.title,
+                body=request.body,
+                data=request.data,
+                ttl=ttl,
+                expires_at=now + timedelta(seconds=ttl),
+                status=NotificationStatus.QUEUED.value,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    session.add_all(notifications)
+    session.flush()
+    ids = [notification.id for notification in notifications]
+    after_commit(session, lambda: enqueue(ids))
+    return ids

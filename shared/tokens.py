@@ -1,0 +1,77 @@
+"""Push token validation, canonical form and the hash devices are deduplicated on."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from shared.errors import InvalidPushToken
+from shared.models import Platform
+
+_HEX = re.compile(r"^[0-9a-fA-F]{64,200}$")
+_FCM = re.compile(r"^[A-Za-z0-9_:\-]{32,4096}$")
+MAX_ENDPOINT_LENGTH = 2048
+
+
+def b64url_decode(value: str) -> bytes:
+    """Decode unpadded URL-safe base64, the encoding of Web Push keys."""
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def canonical_token(platform: str, push_token: str, *, allow_http: bool = False) -> tuple[str, str]:
+    """Validate ``push_token`` for ``platform``; return (canonical token, token hash).
+
+    For Web Push the token is the browser's PushSubscription JSON and the hash is
+    taken over the endpoint alone: the endpoint names the subscription, so a
+    re-registration with refreshed keys updates the same device.
+    """
+    if platform == Platform.WEB.value:
+        subscription = parse_subscription(push_token, allow_http=allow_http)
+        canonical = json.dumps(subscription, separators=(",", ":"), sort_keys=True)
+        return canonical, _sha256(subscription["endpoint"])
+    if platform == Platform.IOS.value:
+        if not _HEX.match(push_token):
+            raise InvalidPushToken("Invalid push token: an APNs device token is 64 or more hex characters")
+        token = push_token.lower()
+        return token, _sha256(token)
+    if platform == Platform.ANDROID.value:
+        if not _FCM.match(push_token):
+            raise InvalidPushToken("Invalid push token: not an FCM registration token")
+        return push_token, _sha256(push_token)
+    raise InvalidPushToken(f"Invalid push token: unknown platform {platform!r}")
+
+
+def parse_subscription(push_token: str, *, allow_http: bool = False) -> dict[str, Any]:
+    """Validate a Web Push subscription (``JSON.stringify(pushSubscription)``)."""
+    try:
+        raw = json.loads(push_token)
+    except (ValueError, TypeError):
+        raise InvalidPushToken("Invalid push token: a web push_token is the PushSubscription as JSON") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("endpoint"), str) or not isinstance(raw.get("keys"), dict):
+        raise InvalidPushToken("Invalid push token: subscription needs endpoint and keys")
+    endpoint = raw["endpoint"]
+    parts = urlsplit(endpoint)
+    schemes = {"https", "http"} if allow_http else {"https"}
+    if parts.scheme not in schemes or not parts.netloc or len(endpoint) > MAX_ENDPOINT_LENGTH:
+        raise InvalidPushToken("Invalid push token: endpoint must be an https URL")
+    keys = raw["keys"]
+    p256dh, auth = keys.get("p256dh"), keys.get("auth")
+    try:
+        point = b64url_decode(p256dh) if isinstance(p256dh, str) else b""
+        secret = b64url_decode(auth) if isinstance(auth, str) else b""
+    except (binascii.Error, ValueError):
+        raise InvalidPushToken("Invalid push token: keys must be URL-safe base64") from None
+    if len(point) != 65 or point[0] != 4:
+        raise InvalidPushToken("Invalid push token: keys.p256dh must be an uncompressed P-256 point")
+    if len(secret) != 16:
+        raise InvalidPushToken("Invalid push token: keys.auth must be 16 bytes")
+    return {"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()

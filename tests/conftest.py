@@ -1,0 +1,230 @@
+"""Fixtures: real PostgreSQL, real Redis, a real Celery worker process, real HTTP.
+
+* The database is built once per session with ``alembic upgrade head`` and
+  every table is truncated before each test.
+* The worker is ``celery -A workers.main worker -B`` in a subprocess, configured
+  through the environment exactly like production, with the scheduler embedded
+  so retries and the sweeper run.
+* The API is served by a real HTTP server on a loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import text
+from werkzeug.serving import make_server
+
+from api.app import create_app
+from api.auth import mint_token
+from shared.cli import migrate
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.models import Base
+from shared.services.apps import create_app as create_push_app
+from shared.services.enrollments import enroll
+from standins.webpush import WebPushStandin
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+# Settings the worker subprocess and the in-process API share.
+TEST_ENV = {
+    "DATABASE_URL": TEST_DATABASE_URL,
+    "REDIS_URL": TEST_REDIS_URL,
+    "JWT_SECRET": "test-secret-not-for-production-0123456789",
+    "JWT_ALGORITHMS": "HS256",
+    "JWT_ISSUER": "pushq-tests",
+    "JWT_AUDIENCE": "pushq",
+    "PUSHQ_ALLOW_HTTP_ENDPOINTS": "1",
+    "PUSHQ_SWEEP_INTERVAL": "0.5",
+    "PUSHQ_SWEEP_AFTER_SECONDS": "3",
+    "PUSHQ_RETRY_BASE_SECONDS": "0.2",
+    "PUSHQ_RETRY_MAX_SECONDS": "1",
+    "PUSHQ_MAX_ATTEMPTS": "3",
+    "PUSHQ_VENDOR_CONNECT_TIMEOUT": "2",
+    "PUSHQ_VENDOR_READ_TIMEOUT": "3",
+    "PUSHQ_LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env(TEST_ENV)
+
+
+@pytest.fixture(scope="session")
+def database(settings: Settings) -> Iterator[None]:
+    engine = make_engine(settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    migrate(settings.database_url)
+    yield
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings, database: None):
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(engine):
+    return make_session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Truncate every table (and empty the test Redis db) before each test that uses them."""
+    if "engine" in request.fixturenames or "api" in request.fixturenames or "client" in request.fixturenames:
+        engine = request.getfixturevalue("engine")
+        tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+    if "redis_client" in request.fixturenames or "worker" in request.fixturenames:
+        request.getfixturevalue("redis_client").flushdb()
+    yield
+
+
+@pytest.fixture(scope="session")
+def flask_app(settings: Settings, database: None):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(flask_app):
+    """Flask's test client: the whole WSGI stack, without a socket (for validation tests)."""
+    return flask_app.test_client()
+
+
+class LiveServer:
+    def __init__(self, app) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> "LiveServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def live_server(flask_app) -> Iterator[LiveServer]:
+    server = LiveServer(flask_app).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(live_server: LiveServer, engine) -> Iterator[httpx.Client]:
+    """An HTTP client against the API served on a real socket."""
+    with httpx.Client(base_url=live_server.url, timeout=10, trust_env=False) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def worker_process(database: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
+    """A real Celery worker (prefork) with an embedded beat, consuming every queue."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore"}
+    schedule = tmp_path_factory.mktemp("beat") / "schedule"
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed at teardown
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-B", "-s", str(schedule),
+         "--pool", "prefork", "--concurrency", "3", "--loglevel", "INFO",
+         "-Q", "fanout,webpush,apns,fcm,maintenance", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while "ready." not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            log_file.close()
+            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.1)
+    process.log_path = log_path  # type: ignore[attr-defined]
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log_file.close()
+
+
+@pytest.fixture
+def worker(worker_process: subprocess.Popen, redis_client) -> subprocess.Popen:
+    if worker_process.poll() is not None:
+        raise RuntimeError(f"worker died:\n{worker_process.log_path.read_text()[-4000:]}")  # type: ignore[attr-defined]
+    return worker_process
+
+
+@pytest.fixture(scope="session")
+def webpush_service() -> Iterator[WebPushStandin]:
+    with WebPushStandin() as service:
+        yield service
+
+
+@pytest.fixture
+def push_service(webpush_service: WebPushStandin) -> WebPushStandin:
+    webpush_service.reset()
+    return webpush_service
+
+
+class Tenant:
+    """An app with helpers to act as its service and as its users."""
+
+    def __init__(self, settings: Settings, session_factory, name: str = "test app") -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        with session_scope(session_factory) as session:
+            app = create_push_app(session, name, "mailto:ops@example.com")
+        self.id: uuid.UUID = app.id
+        self.vapid_public_key: str = app.vapid_public_key
+
+    def service_headers(self, scopes: tuple[str, ...] = ("push:send",), **kwargs: Any) -> dict[str, str]:
+        token = mint_token(self.settings, subject="svc", app_id=self.id, scopes=scopes, **kwargs)
+        return {"Authorization": f"Bearer {token}"}
+
+    def user_headers(self, user_id: uuid.UUID, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {mint_token(self.settings, subject=str(user_id), **kwargs)}"}
+
+    def enroll(self, *user_ids: uuid.UUID) -> None:
+        with session_scope(self.session_factory) as session:
+            enroll(session, self.id, user_ids)
+
+
+@pytest.fixture
+def tenant(settings: Settings, session_factory) -> Tenant:
+    return Tenant(settings, session_factory)
+
+
+@pytest.fixture
+def other_tenant(settings: Settings, session_factory) -> Tenant:
+    return Tenant(settings, session_factory, "other app")

@@ -1,0 +1,51 @@
+"""The Celery application, built from the same Settings object as the API."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import Settings
+
+FANOUT_QUEUE = "fanout"
+MAINTENANCE_QUEUE = "maintenance"
+# One queue per vendor so operators can size a worker pool per vendor.
+PLATFORM_QUEUES = {"web": "webpush", "ios": "apns", "android": "fcm"}
+ALL_QUEUES = (FANOUT_QUEUE, *PLATFORM_QUEUES.values(), MAINTENANCE_QUEUE)
+
+# Task names are part of the wire format between API, scheduler and workers.
+FANOUT_TASK = "pushq.fanout"
+DELIVER_TASK = "pushq.deliver"
+SWEEP_TASK = "pushq.sweep"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings``; importing this module builds nothing."""
+    if not settings.redis_url:
+        raise ValueError("REDIS_URL is not set (pushq run starts an embedded Redis when it is missing)")
+    app = Celery("pushq", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_queues=[Queue(name) for name in ALL_QUEUES],
+        task_default_queue=FANOUT_QUEUE,
+        task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        # A task is acknowledged only after it ran, and re-queued if its worker
+        # died, so a SIGKILLed worker loses nothing; the tasks are safe to run twice.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        # Never park long waits in the broker (Redis redelivers ETA tasks after
+        # the visibility timeout): retries and schedules live in the database.
+        broker_transport_options={"visibility_timeout": 3600},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds, "options": {"expires": settings.sweep_interval_seconds * 2}},
+        },
+        timezone="UTC",
+        enable_utc=True,
+    )
+    app.pushq_settings = settings  # type: ignore[attr-defined]
+    return app

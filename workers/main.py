@@ -1,0 +1,14 @@
+"""Worker entry module: ``celery -A workers.main worker`` (and ``beat``).
+
+The only worker-side module that builds anything at import: the Celery app from
+the environment's settings.
+"""
+
+from shared.config import Settings
+from shared.logging import configure_logging
+from workers.celery_app import make_celery
+
+settings = Settings.from_env()
+configure_logging(settings.log_level)
+app = make_celery(settings)
+app.autodiscover_tasks(["workers"], related_name="tasks", force=True)

@@ -1,0 +1,57 @@
+"""Per-process worker resources: engine, session factory, adapters, dispatcher.
+
+Built lazily inside the worker process (after prefork's fork), never at import
+and never shared across processes: a database pool or an HTTP connection pool
+must not cross a fork.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.delivery import RetryPolicy
+from workers.adapters.base import Adapter
+from workers.adapters.webpush import WebPushAdapter
+from workers.dispatch import Dispatcher
+
+
+class WorkerRuntime:
+    def __init__(self, celery: Celery, settings: Settings) -> None:
+        self.celery = celery
+        self.settings = settings
+
+    @cached_property
+    def session_factory(self) -> sessionmaker[Session]:
+        return make_session_factory(make_engine(self.settings.database_url))
+
+    @cached_property
+    def adapters(self) -> dict[str, Adapter]:
+        s = self.settings
+        return {"web": WebPushAdapter(s.vendor_connect_timeout, s.vendor_read_timeout)}
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.celery, self.settings.delivery_chunk_size)
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(s.max_attempts, s.retry_base_seconds, s.retry_max_seconds)
+
+
+_runtimes: dict[tuple[int, int], WorkerRuntime] = {}
+
+
+def runtime(celery: Celery) -> WorkerRuntime:
+    """The runtime of this process for ``celery`` (created on first use)."""
+    key = (os.getpid(), id(celery))
+    found = _runtimes.get(key)
+    if found is None:
+        found = _runtimes[key] = WorkerRuntime(celery, celery.pushq_settings)  # type: ignore[attr-defined]
+    return found
