@@ -130,6 +130,11 @@ class ClaimedDelivery:
     body: str
     data: dict[str, Any]
     expires_at: datetime
+    priority: str = "normal"
+    collapse_key: str | None = None
+    badge: int | None = None
+    sound: str | None = None
+    url: str | None = None
 
     def remaining_ttl(self, now: datetime) -> int:
         return max(int((self.expires_at - now).total_seconds()), 0)
@@ -197,6 +202,11 @@ def claim_deliveries(
             Notification.body,
             Notification.data,
             Notification.expires_at,
+            Notification.priority,
+            Notification.collapse_key,
+            Notification.badge,
+            Notification.sound,
+            Notification.url,
         )
         .join(Device, Device.id == Delivery.device_id)
         .join(Notification, Notification.id == Delivery.notification_id)
@@ -213,8 +223,11 @@ def record_outcomes(
 ) -> None:
     """Write each attempt's outcome, disable dead devices, refresh notification statuses."""
     touched: set[uuid.UUID] = set()
+    truncated: set[uuid.UUID] = set()
     for claimed, outcome in results:
         touched.add(claimed.notification_id)
+        if outcome.truncated:
+            truncated.add(claimed.notification_id)
         values: dict[str, Any] = {"updated_at": now, "claimed_at": None, "next_attempt_at": None}
         if outcome.kind is OutcomeKind.SENT:
             values.update(
@@ -244,6 +257,8 @@ def record_outcomes(
             .where(Delivery.id == claimed.delivery_id, Delivery.status == DeliveryStatus.SENDING.value)
             .values(**values)
         )
+    if truncated:
+        session.execute(update(Notification).where(Notification.id.in_(truncated)).values(truncated=True))
     refresh_statuses(session, sorted(touched), now)
 
 

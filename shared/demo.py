@@ -29,7 +29,7 @@ def run_demo(settings: Settings, api_url: str, timeout: float = 30.0) -> dict[st
     engine.dispose()
     user_token = mint_token(settings, subject=str(user_id))
     service_token = mint_token(settings, subject="demo", app_id=app.id, scopes=["push:send"])
-    with WebPushStandin().start() as push_service, requests.Session() as http:
+    with WebPushStandin() as push_service, requests.Session() as http:
         subscription = push_service.new_subscription(application_server_key=app.vapid_public_key)
         registered = http.post(
             f"{api_url}/push/devices/register",

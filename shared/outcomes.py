@@ -23,10 +23,11 @@ class Outcome:
     vendor_message_id: str | None = None
     reason: str | None = None
     retry_after: float | None = None  # seconds; a floor for the next attempt
+    truncated: bool = False  # the body was shortened to fit the vendor's size limit
 
     @classmethod
-    def sent(cls, vendor_message_id: str | None) -> "Outcome":
-        return cls(OutcomeKind.SENT, vendor_message_id=vendor_message_id)
+    def sent(cls, vendor_message_id: str | None, truncated: bool = False) -> "Outcome":
+        return cls(OutcomeKind.SENT, vendor_message_id=vendor_message_id, truncated=truncated)
 
     @classmethod
     def retry(cls, reason: str, retry_after: float | None = None) -> "Outcome":

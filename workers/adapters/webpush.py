@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -17,7 +15,8 @@ from requests.adapters import HTTPAdapter
 
 from shared.delivery import ClaimedDelivery
 from shared.outcomes import Outcome
-from workers.adapters.base import AppCredentials
+from shared.payloads import PayloadTooLarge, fit_body
+from workers.adapters.base import AppCredentials, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +27,12 @@ VAPID_LIFETIME_SECONDS = 12 * 3600
 VAPID_RENEW_BEFORE_SECONDS = 3600
 
 
-def webpush_payload(delivery: ClaimedDelivery) -> bytes:
-    """The JSON a service worker receives in its push event."""
-    payload = {"title": delivery.title, "body": delivery.body, "data": delivery.data}
+def webpush_payload(delivery: ClaimedDelivery, body: str | None = None) -> bytes:
+    """The JSON a service worker receives in its push event (``url`` to open on click)."""
+    payload = {"title": delivery.title, "body": delivery.body if body is None else body, "data": delivery.data}
+    if delivery.url:
+        payload["url"] = delivery.url
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 class VapidHeaders:
@@ -91,13 +78,19 @@ class WebPushAdapter:
         return [self.send(app, delivery, now) for delivery in deliveries]
 
     def send(self, app: AppCredentials, delivery: ClaimedDelivery, now: datetime) -> Outcome:
-        payload = webpush_payload(delivery)
-        if len(payload) > MAX_PLAINTEXT_BYTES:
-            return Outcome.rejected(f"payload too large for Web Push ({len(payload)} > {MAX_PLAINTEXT_BYTES} bytes)")
+        try:
+            payload, truncated = fit_body(lambda body: webpush_payload(delivery, body), delivery.body, MAX_PLAINTEXT_BYTES)
+        except PayloadTooLarge as exc:
+            return Outcome.rejected(f"payload too large for Web Push: {exc}")
         try:
             subscription = json.loads(delivery.token)
             pusher = WebPusher(subscription, requests_session=self.session)
-            headers = {"Authorization": self.vapid.authorization(app, subscription["endpoint"], now.timestamp())}
+            headers = {
+                "Authorization": self.vapid.authorization(app, subscription["endpoint"], now.timestamp()),
+                "Urgency": "high" if delivery.priority == "high" else "normal",
+            }
+            if delivery.collapse_key:
+                headers["Topic"] = delivery.collapse_key
             response = pusher.send(
                 data=payload, headers=headers, ttl=delivery.remaining_ttl(now), timeout=self.timeout
             )
@@ -107,13 +100,13 @@ class WebPushAdapter:
             return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
         except (WebPushException, ValueError, KeyError) as exc:
             return Outcome.rejected(f"cannot encode for this subscription: {exc}")
-        return self.outcome(response)
+        return self.outcome(response, truncated)
 
     @staticmethod
-    def outcome(response: requests.Response) -> Outcome:
+    def outcome(response: requests.Response, truncated: bool = False) -> Outcome:
         status = response.status_code
         if status in (200, 201, 202):
-            return Outcome.sent(response.headers.get("Location"))
+            return Outcome.sent(response.headers.get("Location"), truncated)
         reason = f"push service answered {status}"
         if status in (404, 410):
             return Outcome.dead_token(f"{reason}: subscription gone")
