@@ -66,20 +66,38 @@ def _ttl() -> fields.Integer:
     )
 
 
-class SendRequest(Schema):
-    user_id = fields.UUID(required=True)
-    title = _title()
-    body = _body()
-    data = _data()
-    ttl = _ttl()
+def _options() -> dict[str, fields.Field]:
+    """Delivery options every send endpoint takes, mapped to each vendor's equivalent."""
+    return {
+        "priority": fields.String(
+            load_default="normal", validate=validate.OneOf(["high", "normal"]),
+            metadata={"description": "Web Push Urgency, apns-priority (10/5), FCM android.priority."},
+        ),
+        "collapse_key": fields.String(
+            load_default=None, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,32}$"),
+            metadata={"description": "Replaces a pending message with the same key: Web Push Topic, "
+                      "apns-collapse-id, FCM collapse_key. 1-32 URL-safe base64 characters."},
+        ),
+        "badge": fields.Integer(
+            strict=True, load_default=None, validate=validate.Range(min=0, max=99999),
+            metadata={"description": "App icon badge (APNs aps.badge, FCM notification_count)."},
+        ),
+        "sound": fields.String(
+            load_default=None, validate=validate.Length(min=1, max=255),
+            metadata={"description": "Sound name (APNs aps.sound, FCM android.notification.sound)."},
+        ),
+    }
 
 
-class BulkSendRequest(Schema):
+SEND_FIELDS = {"title": _title(), "body": _body(), "data": _data(), "ttl": _ttl(), **_options()}
+
+
+class SendRequest(Schema.from_dict({"user_id": fields.UUID(required=True), **SEND_FIELDS})):  # type: ignore[misc]
+    pass
+
+
+class BulkSendRequest(Schema.from_dict(dict(SEND_FIELDS))):  # type: ignore[misc]
     user_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(min=1, max=MAX_RECIPIENTS))
-    title = _title()
-    body = _body()
-    data = _data()
-    ttl = _ttl()
 
     @validates("user_ids")
     def _distinct(self, value: list, **_kwargs: object) -> None:
@@ -122,6 +140,11 @@ class NotificationSchema(Schema):
     body = fields.String(required=True)
     data = fields.Dict(required=True)
     ttl = fields.Integer(required=True)
+    priority = fields.String(required=True)
+    collapse_key = fields.String(allow_none=True, required=True)
+    badge = fields.Integer(allow_none=True, required=True)
+    sound = fields.String(allow_none=True, required=True)
+    truncated = fields.Boolean(required=True, metadata={"description": "A vendor size limit forced the body to be shortened."})
     status = fields.String(required=True, validate=validate.OneOf([s.value for s in NotificationStatus]))
     created_at = fields.AwareDateTime(required=True)
     expires_at = fields.AwareDateTime(required=True)

@@ -97,7 +97,7 @@ def send(principal: Principal, body: dict, **_):
 )
 def send_bulk(principal: Principal, body: dict, **_):
     """One notification per user, ids in request order. All users must be enrolled, or nothing is sent."""
-    common = {k: body[k] for k in ("title", "body", "data", "ttl")}
+    common = {k: v for k, v in body.items() if k != "user_ids"}
     ids = _create(principal, [sends.SendRequest(user_id=user_id, **common) for user_id in body["user_ids"]])
     return NotificationIdsResponse().dump({"notification_ids": ids}), 200
 

@@ -14,9 +14,12 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
+from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
@@ -39,6 +42,17 @@ def dev_secret() -> str:
         DEV_SECRET_FILE.write_text(secrets.token_urlsafe(32))
         DEV_SECRET_FILE.chmod(0o600)
     return DEV_SECRET_FILE.read_text().strip()
+
+
+@contextmanager
+def cli_session() -> Iterator[Session]:
+    """One session for a CLI command, committed at the end."""
+    engine = make_engine(load_settings().database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def migrate(database_url: str) -> None:
@@ -154,11 +168,40 @@ def create_app_command(name: str, vapid_subject: str) -> None:
     """Create an app (tenant) with a fresh VAPID key pair; prints its id and public key."""
     from shared.services.apps import create_app
 
-    settings = load_settings()
-    factory = make_session_factory(make_engine(settings.database_url))
-    with session_scope(factory) as session:
+    with cli_session() as session:
         app = create_app(session, name, vapid_subject)
         click.echo(json.dumps({"app_id": str(app.id), "vapid_public_key": app.vapid_public_key}))
+
+
+@main.command("set-apns")
+@click.argument("app_id", type=click.UUID)
+@click.option("--key-file", type=click.File(), required=True, help="The .p8 token-auth key from Apple.")
+@click.option("--key-id", required=True, help="The key's 10-character id.")
+@click.option("--team-id", required=True, help="Your 10-character Apple team id.")
+@click.option("--bundle-id", required=True, help="The app's bundle id (the apns-topic).")
+@click.option("--sandbox/--production", default=False, show_default=True,
+              help="Which APNs environment the app's device tokens belong to.")
+def set_apns_command(app_id: uuid.UUID, key_file, key_id: str, team_id: str, bundle_id: str, sandbox: bool) -> None:
+    """Give an app its APNs credentials (token-based auth)."""
+    from shared.services.apps import set_apns_credentials
+
+    with cli_session() as session:
+        set_apns_credentials(session, app_id, private_key_pem=key_file.read(), key_id=key_id, team_id=team_id,
+                             bundle_id=bundle_id, use_sandbox=sandbox)
+    click.echo("APNs credentials stored")
+
+
+@main.command("set-fcm")
+@click.argument("app_id", type=click.UUID)
+@click.option("--service-account", type=click.File(), required=True, help="The Firebase service-account JSON key.")
+@click.option("--project-id", help="Firebase project id (default: the key's project_id).")
+def set_fcm_command(app_id: uuid.UUID, service_account, project_id: str | None) -> None:
+    """Give an app its FCM HTTP v1 credentials."""
+    from shared.services.apps import set_fcm_credentials
+
+    with cli_session() as session:
+        set_fcm_credentials(session, app_id, service_account.read(), project_id)
+    click.echo("FCM credentials stored")
 
 
 @main.command("enroll")
@@ -168,9 +211,7 @@ def enroll_command(app_id: uuid.UUID, user_ids: tuple[uuid.UUID, ...]) -> None:
     """Enroll users in an app so they can be sent to."""
     from shared.services.enrollments import enroll
 
-    settings = load_settings()
-    factory = make_session_factory(make_engine(settings.database_url))
-    with session_scope(factory) as session:
+    with cli_session() as session:
         click.echo(f"enrolled {enroll(session, app_id, user_ids)} new user(s)")
 
 
@@ -181,9 +222,7 @@ def unenroll_command(app_id: uuid.UUID, user_id: uuid.UUID) -> None:
     """Remove a user's enrollment in an app."""
     from shared.services.enrollments import unenroll
 
-    settings = load_settings()
-    factory = make_session_factory(make_engine(settings.database_url))
-    with session_scope(factory) as session:
+    with cli_session() as session:
         unenroll(session, app_id, user_id)
         click.echo("unenrolled")
 

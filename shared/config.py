@@ -53,6 +53,11 @@ class Settings:
     allow_http_endpoints: bool = field(default=False, metadata={"env": "PUSHQ_ALLOW_HTTP_ENDPOINTS"})
     vendor_connect_timeout: float = field(default=5.0, metadata={"env": "PUSHQ_VENDOR_CONNECT_TIMEOUT"})
     vendor_read_timeout: float = field(default=10.0, metadata={"env": "PUSHQ_VENDOR_READ_TIMEOUT"})
+    # Vendor endpoints; the defaults are the real vendors (tests point them at the stand-ins).
+    apns_host: str | None = field(default=None, metadata={"env": "PUSHQ_APNS_HOST"})  # None: Apple's, per app sandbox flag
+    apns_port: int = field(default=443, metadata={"env": "PUSHQ_APNS_PORT"})
+    apns_ca_file: str | None = field(default=None, metadata={"env": "PUSHQ_APNS_CA_FILE"})  # extra CA to trust
+    fcm_base_url: str = field(default="https://fcm.googleapis.com", metadata={"env": "PUSHQ_FCM_BASE_URL"})
     delivery_chunk_size: int = field(default=100, metadata={"env": "PUSHQ_DELIVERY_CHUNK_SIZE"})
     # A queued notification not fanned out after this long is re-enqueued by the sweeper.
     sweep_after_seconds: int = field(default=60, metadata={"env": "PUSHQ_SWEEP_AFTER_SECONDS"})

@@ -33,3 +33,54 @@ def get_app(session: Session, app_id: uuid.UUID) -> App:
     if app is None:
         raise AppNotFound()
     return app
+
+
+def set_apns_credentials(
+    session: Session,
+    app_id: uuid.UUID,
+    *,
+    private_key_pem: str,
+    key_id: str,
+    team_id: str,
+    bundle_id: str,
+    use_sandbox: bool,
+) -> App:
+    """Store an app's APNs token-auth key (the .p8 file's PEM text), key id, team id and topic."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(private_key_pem.encode(), password=None)
+    except ValueError as exc:
+        raise ValueError(f"not a PEM private key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ValueError("an APNs key is an EC P-256 (ES256) key")
+    if not (key_id.isalnum() and len(key_id) == 10 and team_id.isalnum() and len(team_id) == 10):
+        raise ValueError("APNs key id and team id are 10 alphanumeric characters")
+    app = get_app(session, app_id)
+    app.apns_private_key = private_key_pem
+    app.apns_key_id = key_id
+    app.apns_team_id = team_id
+    app.apns_bundle_id = bundle_id
+    app.apns_use_sandbox = use_sandbox
+    return app
+
+
+def set_fcm_credentials(session: Session, app_id: uuid.UUID, service_account_json: str, project_id: str | None = None) -> App:
+    """Store an app's Firebase service-account key; the project defaults to the key's own."""
+    import json
+
+    try:
+        info = json.loads(service_account_json)
+    except ValueError:
+        raise ValueError("the service account key is not JSON") from None
+    missing = {"type", "client_email", "private_key", "private_key_id", "token_uri"} - set(info)
+    if info.get("type") != "service_account" or missing:
+        raise ValueError(f"not a service-account key (missing: {sorted(missing)})")
+    project = project_id or info.get("project_id")
+    if not project:
+        raise ValueError("no project id given and none in the key")
+    app = get_app(session, app_id)
+    app.fcm_service_account = service_account_json
+    app.fcm_project_id = project
+    return app

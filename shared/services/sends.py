@@ -31,6 +31,11 @@ class SendRequest:
     body: str
     data: dict[str, Any] = field(default_factory=dict)
     ttl: int | None = None
+    priority: str = "normal"
+    collapse_key: str | None = None
+    badge: int | None = None
+    sound: str | None = None
+    url: str | None = None
 
 
 def data_size(data: dict[str, Any]) -> int:
@@ -70,6 +75,11 @@ def create_notifications(
                 body=request.body,
                 data=request.data,
                 ttl=ttl,
+                priority=request.priority,
+                collapse_key=request.collapse_key,
+                badge=request.badge,
+                sound=request.sound,
+                url=request.url,
                 expires_at=now + timedelta(seconds=ttl),
                 status=NotificationStatus.QUEUED.value,
                 created_at=now,
