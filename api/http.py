@@ -24,7 +24,7 @@ from shared.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-Auth = Literal["service", "user", "any", "none"]
+Auth = Literal["service", "m2m", "user", "any", "none"]
 
 
 class ApiError(Exception):
@@ -58,6 +58,7 @@ ENDPOINTS: list[EndpointSpec] = []
 
 STANDARD_ERRORS = {
     "service": {401: "Invalid token", 403: "Missing required scope"},
+    "m2m": {401: "Invalid token", 403: "Only M2M callers may send push / Missing required scope"},
     "user": {401: "Invalid token", 403: "User token required"},
     "any": {401: "Invalid token", 403: "Missing required scope"},
     "none": {},
@@ -131,7 +132,9 @@ def authorize(auth: Auth) -> Principal | None:
     except AuthError as exc:
         log.info("rejected token: %s", exc)
         raise ApiError(401, "invalid_token", "Invalid token") from None
-    if auth == "service" and not (principal.is_service and SEND_SCOPE in principal.scopes):
+    if auth == "m2m" and not principal.is_service:
+        raise ApiError(403, "m2m_only", "Only M2M callers may send push")
+    if auth in ("service", "m2m") and not (principal.is_service and SEND_SCOPE in principal.scopes):
         raise ApiError(403, "missing_scope", "Missing required scope")
     if auth == "user" and principal.is_service:
         raise ApiError(403, "user_token_required", "User token required")
@@ -176,6 +179,13 @@ def finish_session(response):
     finally:
         session.close()
     return response
+
+
+def commit_request_session() -> None:
+    """Commit the request's work now (running its after-commit enqueues), for views that then wait on workers."""
+    session = g.get("db_session")
+    if session is not None:
+        session.commit()
 
 
 def discard_session(_exc: BaseException | None) -> None:

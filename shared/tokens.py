@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from shared.errors import InvalidPushToken
 from shared.models import Platform
 
-_HEX = re.compile(r"^[0-9a-fA-F]{64,200}$")
-_FCM = re.compile(r"^[A-Za-z0-9_:\-]{32,4096}$")
+_HEX = re.compile(r"[0-9a-fA-F]{64,200}")
+_FCM = re.compile(r"[A-Za-z0-9_:\-]{32,4096}")
 MAX_ENDPOINT_LENGTH = 2048
 
 
@@ -35,15 +35,15 @@ def canonical_token(platform: str, push_token: str, *, allow_http: bool = False)
         canonical = json.dumps(subscription, separators=(",", ":"), sort_keys=True)
         return canonical, _sha256(subscription["endpoint"])
     if platform == Platform.IOS.value:
-        if not _HEX.match(push_token):
-            raise InvalidPushToken("Invalid push token: an APNs device token is 64 or more hex characters")
+        if not _HEX.fullmatch(push_token):
+            raise InvalidPushToken(reason="an APNs device token is 64 or more hex characters")
         token = push_token.lower()
         return token, _sha256(token)
     if platform == Platform.ANDROID.value:
-        if not _FCM.match(push_token):
-            raise InvalidPushToken("Invalid push token: not an FCM registration token")
+        if not _FCM.fullmatch(push_token):
+            raise InvalidPushToken(reason="not an FCM registration token")
         return push_token, _sha256(push_token)
-    raise InvalidPushToken(f"Invalid push token: unknown platform {platform!r}")
+    raise InvalidPushToken(reason=f"unknown platform {platform!r}")
 
 
 def parse_subscription(push_token: str, *, allow_http: bool = False) -> dict[str, Any]:
@@ -51,25 +51,25 @@ def parse_subscription(push_token: str, *, allow_http: bool = False) -> dict[str
     try:
         raw = json.loads(push_token)
     except (ValueError, TypeError):
-        raise InvalidPushToken("Invalid push token: a web push_token is the PushSubscription as JSON") from None
+        raise InvalidPushToken(reason="a web push_token is the PushSubscription as JSON") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("endpoint"), str) or not isinstance(raw.get("keys"), dict):
-        raise InvalidPushToken("Invalid push token: subscription needs endpoint and keys")
+        raise InvalidPushToken(reason="subscription needs endpoint and keys")
     endpoint = raw["endpoint"]
     parts = urlsplit(endpoint)
     schemes = {"https", "http"} if allow_http else {"https"}
     if parts.scheme not in schemes or not parts.netloc or len(endpoint) > MAX_ENDPOINT_LENGTH:
-        raise InvalidPushToken("Invalid push token: endpoint must be an https URL")
+        raise InvalidPushToken(reason="endpoint must be an https URL")
     keys = raw["keys"]
     p256dh, auth = keys.get("p256dh"), keys.get("auth")
     try:
         point = b64url_decode(p256dh) if isinstance(p256dh, str) else b""
         secret = b64url_decode(auth) if isinstance(auth, str) else b""
     except (binascii.Error, ValueError):
-        raise InvalidPushToken("Invalid push token: keys must be URL-safe base64") from None
+        raise InvalidPushToken(reason="keys must be URL-safe base64") from None
     if len(point) != 65 or point[0] != 4:
-        raise InvalidPushToken("Invalid push token: keys.p256dh must be an uncompressed P-256 point")
+        raise InvalidPushToken(reason="keys.p256dh must be an uncompressed P-256 point")
     if len(secret) != 16:
-        raise InvalidPushToken("Invalid push token: keys.auth must be 16 bytes")
+        raise InvalidPushToken(reason="keys.auth must be 16 bytes")
     return {"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}
 
 
