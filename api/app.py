@@ -44,9 +44,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.openapi import bp as openapi_bp
     from api.views import bp as push_bp
     from api.health import bp as health_bp
+    from api.patient_views import bp as patients_bp
 
     app.register_blueprint(push_bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(patients_bp)
     app.register_blueprint(health_bp)
     app.after_request(finish_session)
     app.teardown_request(discard_session)

@@ -20,7 +20,7 @@ from api.schemas import ErrorSchema, ValidationErrorSchema
 
 bp = Blueprint("openapi", __name__)
 
-_SECURITY = {"service": [{"serviceToken": ["push:send"]}], "user": [{"userToken": []}],
+_SECURITY = {"service": [{"serviceToken": ["push:send"]}], "m2m": [{"serviceToken": ["push:send"]}], "user": [{"userToken": []}],
              "any": [{"userToken": []}, {"serviceToken": ["push:send"]}], "none": []}
 
 

@@ -173,3 +173,64 @@ class EnrollmentPage(Schema):
 class PageQuery(Schema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     cursor = fields.UUID(load_default=None)
+
+
+class PatientSendRequest(Schema):
+    """The contract's request body (field names as specified)."""
+
+    patient_id = fields.UUID(required=True, data_key="patientId")
+    title = fields.String(required=True, validate=validate.Length(min=1, max=MAX_TITLE_CHARS))
+    body = fields.String(required=True, validate=validate.Length(min=1, max=MAX_BODY_CHARS))
+    url = fields.String(
+        load_default=None, validate=validate.Length(max=2048),
+        metadata={"description": "Opened by the service worker on click; travels in the push payload."},
+    )
+
+
+class SubscriptionResultSchema(Schema):
+    subscription_id = fields.String(required=True)
+    status = fields.String(
+        required=True, validate=validate.OneOf(["sent", "rejected", "pending"]),
+        metadata={"description": "sent / rejected as in the contract; `pending` (extension): no answer by the "
+                  "deadline (a retry under way or a slow push service); read the final outcome at "
+                  "GET /push/notifications/{notification_id}."},
+    )
+    vendor_message_id = fields.String(required=True, metadata={"description": "The push service's message id; empty unless sent."})
+
+
+class PatientSendResponse(Schema):
+    patient_id = fields.String(required=True)
+    person_id = fields.String(required=True)
+    sent = fields.Integer(required=True)
+    rejected = fields.Integer(required=True)
+    results = fields.List(fields.Nested(SubscriptionResultSchema), required=True)
+    notification_id = fields.String(required=True, metadata={"description": "Extension: the notification carrying this send."})
+
+
+class PatientSchema(Schema):
+    patient_id = fields.UUID(required=True)
+    person_id = fields.UUID(required=True, allow_none=True, metadata={"description": "null: known patient without a mapping."})
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+
+
+class PatientPage(Schema):
+    items = fields.List(fields.Nested(PatientSchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class IdentityRequest(Schema):
+    person_id = fields.UUID(required=True)
+
+
+class MappingSchema(Schema):
+    patient_id = fields.UUID(required=True)
+    person_id = fields.UUID(required=True)
+
+
+class BulkMappingRequest(Schema):
+    mappings = fields.List(fields.Nested(MappingSchema), required=True, validate=validate.Length(min=1, max=1000))
+
+
+class BulkMappingResponse(Schema):
+    upserted = fields.Integer(required=True)

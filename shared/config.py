@@ -67,6 +67,8 @@ class Settings:
     max_attempts: int = field(default=5, metadata={"env": "PUSHQ_MAX_ATTEMPTS"})
     retry_base_seconds: float = field(default=2.0, metadata={"env": "PUSHQ_RETRY_BASE_SECONDS"})
     retry_max_seconds: float = field(default=600.0, metadata={"env": "PUSHQ_RETRY_MAX_SECONDS"})
+    # How long POST /v1/push/send waits for first delivery attempts before answering "pending".
+    fanout_wait_seconds: float = field(default=10.0, metadata={"env": "PUSHQ_FANOUT_WAIT_SECONDS"})
     log_level: str = field(default="INFO", metadata={"env": "PUSHQ_LOG_LEVEL"})
 
     @classmethod

@@ -67,13 +67,14 @@ def fan_out(
             notification.status = NotificationStatus.EXPIRED.value
             notification.fanned_out_at = now
             return {}
-        devices = session.execute(
-            select(Device.id, Device.platform).where(
-                Device.app_id == notification.app_id,
-                Device.user_id == notification.user_id,
-                Device.disabled_at.is_(None),
-            )
-        ).all()
+        query = select(Device.id, Device.platform).where(
+            Device.app_id == notification.app_id,
+            Device.user_id == notification.user_id,
+            Device.disabled_at.is_(None),
+        )
+        if notification.platform is not None:
+            query = query.where(Device.platform == notification.platform)
+        devices = session.execute(query).all()
         notification.fanned_out_at = now
         if not devices:
             notification.status = NotificationStatus.NO_DEVICES.value

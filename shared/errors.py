@@ -48,3 +48,11 @@ class NotificationNotFound(ServiceError):
 
 class EnrollmentNotFound(ServiceError):
     status, code, message = 404, "enrollment_not_found", "User not enrolled"
+
+
+class PatientNotFound(ServiceError):
+    status, code, message = 404, "patient_not_found", "Patient not found"
+
+
+class IdentityMappingNotFound(ServiceError):
+    status, code, message = 404, "identity_mapping_not_found", "Identity mapping not found"

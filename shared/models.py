@@ -134,6 +134,22 @@ class Enrollment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Patient(Base):
+    """A patient known to an app, and the person (user) whose devices receive the patient's pushes.
+
+    ``person_id`` is None when the patient is known but its identity mapping was
+    removed, so "no such patient" and "no mapping" can be told apart.
+    """
+
+    __tablename__ = "patients"
+
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    patient_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    person_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Device(Base):
     """One push destination of a user in an app (a browser subscription or a device token)."""
 
@@ -179,6 +195,8 @@ class Notification(Base):
     badge: Mapped[int | None] = mapped_column(Integer)
     sound: Mapped[str | None] = mapped_column(String(255))
     url: Mapped[str | None] = mapped_column(Text)
+    # Fan out only to devices of this platform (None: every platform).
+    platform: Mapped[str | None] = mapped_column(String(16))
     # Set when a vendor's size limit forced the body to be shortened.
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     expires_at: Mapped[datetime] = mapped_column()

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 import pytest
 import redis
 from sqlalchemy import text
@@ -33,7 +35,10 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Base
 from shared.services.apps import create_app as create_push_app
+from shared.services.apps import set_apns_credentials, set_fcm_credentials
 from shared.services.enrollments import enroll
+from standins.apns import ApnsStandin
+from standins.fcm import FcmStandin
 from standins.webpush import WebPushStandin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +62,7 @@ TEST_ENV = {
     "PUSHQ_VENDOR_CONNECT_TIMEOUT": "2",
     "PUSHQ_VENDOR_READ_TIMEOUT": "3",
     "PUSHQ_LOG_LEVEL": "INFO",
+    "PUSHQ_FANOUT_WAIT_SECONDS": "1",
 }
 
 
@@ -149,10 +155,48 @@ def api(live_server: LiveServer, engine) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
-def worker_process(database: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
-    """A real Celery worker (prefork) with an embedded beat, consuming every queue."""
+def apns_standin() -> Iterator[ApnsStandin]:
+    with ApnsStandin() as service:
+        yield service
+
+
+@pytest.fixture
+def apns_service(apns_standin: ApnsStandin) -> ApnsStandin:
+    apns_standin.reset()
+    return apns_standin
+
+
+@pytest.fixture(scope="session")
+def fcm_standin() -> Iterator[FcmStandin]:
+    with FcmStandin() as service:
+        yield service
+
+
+@pytest.fixture
+def fcm_service(fcm_standin: FcmStandin) -> FcmStandin:
+    fcm_standin.reset()
+    return fcm_standin
+
+
+@pytest.fixture(scope="session")
+def worker_process(
+    database: None, tmp_path_factory: pytest.TempPathFactory, apns_standin: ApnsStandin, fcm_standin: FcmStandin
+) -> Iterator[subprocess.Popen]:
+    """A real Celery worker (prefork) with an embedded beat, consuming every queue.
+
+    Its vendor endpoints point at the stand-ins, exactly as an operator would
+    configure them through the environment.
+    """
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        **TEST_ENV,
+        "PYTHONWARNINGS": "ignore",
+        "PUSHQ_APNS_HOST": apns_standin.host,
+        "PUSHQ_APNS_PORT": str(apns_standin.port),
+        "PUSHQ_APNS_CA_FILE": str(apns_standin.certificate.ca_path),
+        "PUSHQ_FCM_BASE_URL": fcm_standin.base_url,
+    }
     schedule = tmp_path_factory.mktemp("beat") / "schedule"
     log_file = open(log_path, "w")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen(
@@ -214,6 +258,22 @@ class Tenant:
 
     def user_headers(self, user_id: uuid.UUID, **kwargs: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {mint_token(self.settings, subject=str(user_id), **kwargs)}"}
+
+    def configure_apns(self, apns: ApnsStandin, *, sandbox: bool = True) -> None:
+        """Give the app an APNs key the stand-in trusts."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        team_id, key_id = "TEAM123456", uuid.uuid4().hex[:10].upper()
+        apns.register_key(team_id, key_id, pem)
+        with session_scope(self.session_factory) as session:
+            set_apns_credentials(session, self.id, private_key_pem=pem, key_id=key_id, team_id=team_id,
+                                 bundle_id="com.example.app", use_sandbox=sandbox)
+
+    def configure_fcm(self, fcm: FcmStandin, project_id: str = "pushq-test") -> None:
+        """Give the app a service account the stand-in trusts."""
+        with session_scope(self.session_factory) as session:
+            set_fcm_credentials(session, self.id, json.dumps(fcm.new_service_account(project_id)))
 
     def enroll(self, *user_ids: uuid.UUID) -> None:
         with session_scope(self.session_factory) as session:

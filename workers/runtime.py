@@ -17,6 +17,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.delivery import RetryPolicy
 from workers.adapters.base import Adapter
+from workers.adapters.fcm import FcmAdapter
 from workers.adapters.webpush import WebPushAdapter
 from workers.dispatch import Dispatcher
 
@@ -33,7 +34,16 @@ class WorkerRuntime:
     @cached_property
     def adapters(self) -> dict[str, Adapter]:
         s = self.settings
-        return {"web": WebPushAdapter(s.vendor_connect_timeout, s.vendor_read_timeout)}
+        return {
+            "web": WebPushAdapter(s.vendor_connect_timeout, s.vendor_read_timeout),
+            "android": FcmAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, base_url=s.fcm_base_url),
+        }
+
+    def close(self) -> None:
+        """Close vendor connections (worker process shutdown)."""
+        if "adapters" in self.__dict__:
+            for adapter in self.adapters.values():
+                adapter.close()
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
@@ -55,3 +65,10 @@ def runtime(celery: Celery) -> WorkerRuntime:
     if found is None:
         found = _runtimes[key] = WorkerRuntime(celery, celery.pushq_settings)  # type: ignore[attr-defined]
     return found
+
+
+def close_runtimes() -> None:
+    """Close this process's runtimes; connected to Celery's worker_process_shutdown."""
+    pid = os.getpid()
+    for key in [key for key in _runtimes if key[0] == pid]:
+        _runtimes.pop(key).close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from sqlalchemy import delete, select
@@ -12,6 +11,7 @@ from sqlalchemy.orm import Session
 from shared.db_upsert import insert_ignore
 from shared.errors import EnrollmentNotFound
 from shared.models import Enrollment, utcnow
+from shared.pagination import Page, keyset_page
 
 
 def enroll(session: Session, app_id: uuid.UUID, user_ids: Iterable[uuid.UUID]) -> int:
@@ -49,17 +49,6 @@ def not_enrolled(session: Session, app_id: uuid.UUID, user_ids: Sequence[uuid.UU
     return [user_id for user_id in dict.fromkeys(user_ids) if user_id not in enrolled]
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list[Enrollment]
-    next_cursor: str | None
-
-
-def list_enrollments(session: Session, app_id: uuid.UUID, limit: int, after: uuid.UUID | None = None) -> Page:
+def list_enrollments(session: Session, app_id: uuid.UUID, limit: int, after: uuid.UUID | None = None) -> Page[Enrollment]:
     """Enrollments ordered by user id, keyset-paginated (stable under inserts)."""
-    query = select(Enrollment).where(Enrollment.app_id == app_id).order_by(Enrollment.user_id).limit(limit + 1)
-    if after is not None:
-        query = query.where(Enrollment.user_id > after)
-    items = list(session.scalars(query))
-    next_cursor = str(items[limit - 1].user_id) if len(items) > limit else None
-    return Page(items=items[:limit], next_cursor=next_cursor)
+    return keyset_page(session, select(Enrollment).where(Enrollment.app_id == app_id), Enrollment.user_id, limit, after)

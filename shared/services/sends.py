@@ -36,6 +36,7 @@ class SendRequest:
     badge: int | None = None
     sound: str | None = None
     url: str | None = None
+    platform: str | None = None  # restrict the fan-out to one platform
 
 
 def data_size(data: dict[str, Any]) -> int:
@@ -50,6 +51,7 @@ def create_notifications(
     *,
     default_ttl: int,
     enqueue: Enqueue,
+    require_enrollment: bool = True,
 ) -> list[uuid.UUID]:
     """Create one notification per request and enqueue their fan-out once committed.
 
@@ -59,7 +61,7 @@ def create_notifications(
     for request in requests:
         if data_size(request.data) > MAX_DATA_BYTES:
             raise DataTooLarge(user_id=str(request.user_id))
-    missing = not_enrolled(session, app_id, [request.user_id for request in requests])
+    missing = not_enrolled(session, app_id, [request.user_id for request in requests]) if require_enrollment else []
     if missing:
         raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
     now = utcnow()
@@ -80,6 +82,7 @@ def create_notifications(
                 badge=request.badge,
                 sound=request.sound,
                 url=request.url,
+                platform=request.platform,
                 expires_at=now + timedelta(seconds=ttl),
                 status=NotificationStatus.QUEUED.value,
                 created_at=now,

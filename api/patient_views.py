@@ -1,0 +1,127 @@
+"""The care platform's fan-out endpoint and the patient identity mappings it relies on."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+from api.auth import Principal
+from api.http import commit_request_session, db_session, endpoint, parse_id
+from api.schemas import (
+    BulkMappingRequest,
+    BulkMappingResponse,
+    IdentityRequest,
+    PatientPage,
+    PatientSchema,
+    PatientSendRequest,
+    PatientSendResponse,
+    PageQuery,
+    StatusResponse,
+)
+from shared.errors import PatientNotFound
+from shared.services import patient_push, patients
+
+bp = Blueprint("patients", __name__)
+
+_NOT_FOUND = {404: "Patient not found / Identity mapping not found"}
+
+
+@endpoint(
+    bp, "/v1/push/send", "POST", summary="Fan out a web push notification to all subscribed devices for a patient",
+    auth="m2m", request_schema=PatientSendRequest, responses={200: PatientSendResponse}, errors=_NOT_FOUND,
+    tags=["patients"],
+)
+def patient_send(principal: Principal, body: dict, **_):
+    """Waits for each subscription's first delivery attempt up to PUSHQ_FANOUT_WAIT_SECONDS; what is
+    still unanswered then is reported as `pending` and its outcome is readable at
+    GET /push/notifications/{notification_id}."""
+    state = current_app.extensions["pushq"]
+    started = patient_push.start_patient_send(
+        db_session(), principal.app_id, body["patient_id"], title=body["title"], body=body["body"], url=body["url"],
+        default_ttl=state.settings.default_ttl_seconds, enqueue=state.dispatcher.enqueue_fanout,
+    )
+    commit_request_session()
+    results = patient_push.wait_for_first_attempts(state.session_factory, started, state.settings.fanout_wait_seconds)
+    response = {
+        "patient_id": str(started.patient_id),
+        "person_id": str(started.person_id),
+        "sent": sum(r.status == patient_push.SENT for r in results),
+        "rejected": sum(r.status == patient_push.REJECTED for r in results),
+        "results": [
+            {"subscription_id": str(r.subscription_id), "status": r.status, "vendor_message_id": r.vendor_message_id}
+            for r in results
+        ],
+        "notification_id": str(started.notification_id),
+    }
+    return PatientSendResponse().dump(response), 200
+
+
+@endpoint(
+    bp, "/v1/patients/{patient_id}/identity", "PUT", summary="Create or replace a patient's identity mapping",
+    auth="service", request_schema=IdentityRequest, responses={200: PatientSchema, 201: PatientSchema}, tags=["patients"],
+)
+def put_identity(principal: Principal, body: dict, patient_id: str):
+    """201 when the patient was new, 200 when an existing patient's mapping was set or replaced."""
+    session = db_session()
+    pid = parse_id(patient_id, PatientNotFound)
+    created = patients.put_mapping(session, principal.app_id, pid, body["person_id"])
+    session.expire_all()
+    return PatientSchema().dump(patients.get_patient(session, principal.app_id, pid)), 201 if created else 200
+
+
+@endpoint(
+    bp, "/v1/patients/{patient_id}/identity", "GET", summary="Look up a patient's identity mapping",
+    auth="service", responses={200: PatientSchema}, errors=_NOT_FOUND, tags=["patients"],
+)
+def get_identity(principal: Principal, _body, patient_id: str):
+    session = db_session()
+    pid = parse_id(patient_id, PatientNotFound)
+    patients.resolve_person(session, principal.app_id, pid)
+    return PatientSchema().dump(patients.get_patient(session, principal.app_id, pid)), 200
+
+
+@endpoint(
+    bp, "/v1/patients/{patient_id}/identity", "DELETE", summary="Remove a patient's identity mapping (the patient stays known)",
+    auth="service", responses={200: StatusResponse}, errors=_NOT_FOUND, tags=["patients"],
+)
+def delete_identity(principal: Principal, _body, patient_id: str):
+    patients.delete_mapping(db_session(), principal.app_id, parse_id(patient_id, PatientNotFound))
+    return {"status": "ok"}, 200
+
+
+@endpoint(
+    bp, "/v1/patients/{patient_id}", "PUT", summary="Register a patient (without changing its mapping)",
+    auth="service", responses={200: PatientSchema}, tags=["patients"],
+)
+def put_patient(principal: Principal, _body, patient_id: str):
+    patient = patients.register_patient(db_session(), principal.app_id, parse_id(patient_id, PatientNotFound))
+    return PatientSchema().dump(patient), 200
+
+
+@endpoint(
+    bp, "/v1/patients/{patient_id}", "DELETE", summary="Forget a patient and its mapping",
+    auth="service", responses={200: StatusResponse}, errors={404: "Patient not found"}, tags=["patients"],
+)
+def delete_patient(principal: Principal, _body, patient_id: str):
+    patients.delete_patient(db_session(), principal.app_id, parse_id(patient_id, PatientNotFound))
+    return {"status": "ok"}, 200
+
+
+@endpoint(
+    bp, "/v1/patients", "GET", summary="List the calling app's patients",
+    auth="service", query_schema=PageQuery, responses={200: PatientPage}, tags=["patients"],
+)
+def list_patients(principal: Principal, query: dict, **_):
+    page = patients.list_patients(db_session(), principal.app_id, query["limit"], query["cursor"])
+    return PatientPage().dump(page), 200
+
+
+@endpoint(
+    bp, "/v1/patients/identities", "POST", summary="Create or replace many identity mappings at once",
+    auth="service", request_schema=BulkMappingRequest, responses={200: BulkMappingResponse}, tags=["patients"],
+)
+def bulk_identities(principal: Principal, body: dict, **_):
+    """Up to 1000 mappings; a patient repeated in the list gets its last mapping."""
+    count = patients.bulk_put_mappings(
+        db_session(), principal.app_id, [(m["patient_id"], m["person_id"]) for m in body["mappings"]]
+    )
+    return {"upserted": count}, 200

@@ -1,0 +1,114 @@
+"""`POST /v1/push/send`: fan a Web Push out to a patient's subscriptions and report first attempts.
+
+The send goes through the same notification pipeline as every other send; this
+module only resolves the patient, snapshots which subscriptions will be tried,
+and reads back what the push services answered to the first attempt.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import Delivery, DeliveryStatus, Device, Platform
+from shared.services.patients import resolve_person
+from shared.services.sends import Enqueue, SendRequest, create_notifications
+
+SENT, REJECTED, PENDING = "sent", "rejected", "pending"
+_PENDING_STATUSES = {DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value, DeliveryStatus.RETRYING.value}
+
+
+@dataclass(frozen=True)
+class StartedSend:
+    notification_id: uuid.UUID
+    patient_id: uuid.UUID
+    person_id: uuid.UUID
+    subscription_ids: list[uuid.UUID]
+
+
+@dataclass(frozen=True)
+class SubscriptionResult:
+    subscription_id: uuid.UUID
+    status: str  # sent | rejected | pending
+    vendor_message_id: str  # "" unless sent
+
+
+def start_patient_send(
+    session: Session,
+    app_id: uuid.UUID,
+    patient_id: uuid.UUID,
+    *,
+    title: str,
+    body: str,
+    url: str | None,
+    default_ttl: int,
+    enqueue: Enqueue,
+) -> StartedSend:
+    """Resolve the patient, create a web-only notification for its person, enqueue after commit."""
+    person_id = resolve_person(session, app_id, patient_id)
+    subscription_ids = list(
+        session.scalars(
+            select(Device.id)
+            .where(
+                Device.app_id == app_id,
+                Device.user_id == person_id,
+                Device.platform == Platform.WEB.value,
+                Device.disabled_at.is_(None),
+            )
+            .order_by(Device.created_at, Device.id)
+        )
+    )
+    (notification_id,) = create_notifications(
+        session,
+        app_id,
+        [SendRequest(user_id=person_id, title=title, body=body, url=url, platform=Platform.WEB.value)],
+        default_ttl=default_ttl,
+        enqueue=enqueue,
+        require_enrollment=False,  # the identity mapping is what authorizes this send
+    )
+    return StartedSend(notification_id, patient_id, person_id, subscription_ids)
+
+
+def first_attempt_results(session: Session, started: StartedSend) -> list[SubscriptionResult]:
+    """Each subscription's outcome so far: a retry under way or no attempt yet is ``pending``."""
+    rows = {
+        device_id: (status, vendor_message_id)
+        for device_id, status, vendor_message_id in session.execute(
+            select(Delivery.device_id, Delivery.status, Delivery.vendor_message_id).where(
+                Delivery.notification_id == started.notification_id
+            )
+        )
+    }
+    results = []
+    for subscription_id in started.subscription_ids:
+        status, vendor_message_id = rows.get(subscription_id, (DeliveryStatus.PENDING.value, None))
+        if status == DeliveryStatus.SENT.value:
+            results.append(SubscriptionResult(subscription_id, SENT, vendor_message_id or ""))
+        elif status in _PENDING_STATUSES:
+            results.append(SubscriptionResult(subscription_id, PENDING, ""))
+        else:
+            results.append(SubscriptionResult(subscription_id, REJECTED, ""))
+    return results
+
+
+def wait_for_first_attempts(
+    session_factory: sessionmaker[Session],
+    started: StartedSend,
+    deadline_seconds: float,
+    *,
+    poll_seconds: float = 0.05,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[SubscriptionResult]:
+    """Poll until every subscription has a first answer or the deadline passes."""
+    deadline = clock() + deadline_seconds
+    while True:
+        with session_factory() as session:
+            results = first_attempt_results(session, started)
+        if all(result.status != PENDING for result in results) or clock() >= deadline:
+            return results
+        time.sleep(poll_seconds)

@@ -1,0 +1,345 @@
+"""Firebase Cloud Messaging (HTTP v1) through google-auth and one pooled httpx client.
+
+* Access tokens come from the app's service account (its own ``token_uri``) with
+  ``google.oauth2.service_account.Credentials``; one credentials object is cached
+  per (app, private_key_id) and its token is reused until google-auth's
+  ``valid`` says it is near expiry. Refreshes happen under a per-app lock, so a
+  chunk (or concurrent chunks) refresh once.
+* ``credentials.before_request`` and ``AuthorizedSession`` are deliberately not
+  used: in google-auth >= 2.60 they also start a background "regional access
+  boundary" lookup at iamcredentials.googleapis.com. The adapter calls
+  ``credentials.refresh`` itself and writes the ``Authorization`` header.
+* The deliveries of a chunk are sent concurrently by a thread pool created once
+  per adapter, over one keep-alive ``httpx.Client`` sized to that pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Sequence
+from urllib.parse import quote
+
+import google.auth.exceptions
+import google.auth.transport.requests
+import httpx
+import requests
+from google.oauth2 import service_account
+
+from shared.delivery import ClaimedDelivery
+from shared.outcomes import Outcome
+from shared.payloads import PayloadTooLarge, fit_body
+from workers.adapters.base import AppCredentials, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+MAX_MESSAGE_BYTES = 4096  # the serialized ``message`` object
+MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's android.ttl range is 0-28 days
+QUOTA_RETRY_FLOOR_SECONDS = 60.0  # Google: back off at least a minute on QUOTA_EXCEEDED
+MAX_REASON_CHARS = 300
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def fcm_data(delivery: ClaimedDelivery) -> dict[str, str]:
+    """The message's ``data`` map: FCM only accepts string values.
+
+    String values are kept as they are; every other value (numbers, booleans,
+    null, lists, objects) is JSON-encoded, so ``1`` arrives as ``"1"``, ``True``
+    as ``"true"``, ``None`` as ``"null"`` and ``{"a": [1]}`` as ``'{"a":[1]}'``;
+    the app decodes them with a JSON parser. Keys are made strings. When the
+    notification has a ``url`` it is added as ``data["url"]`` (replacing a
+    ``url`` key in the data).
+    """
+    data = {
+        str(key): value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        for key, value in (delivery.data or {}).items()
+    }
+    if delivery.url:
+        data["url"] = delivery.url
+    return data
+
+
+def fcm_message(delivery: ClaimedDelivery, now: datetime) -> dict[str, Any]:
+    """The HTTP v1 ``message`` object for one delivery (body as in the notification)."""
+    android: dict[str, Any] = {
+        "ttl": f"{min(delivery.remaining_ttl(now), MAX_TTL_SECONDS)}s",
+        "priority": "HIGH" if delivery.priority == "high" else "NORMAL",
+    }
+    if delivery.collapse_key:
+        android["collapse_key"] = delivery.collapse_key
+    android_notification: dict[str, Any] = {}
+    if delivery.sound:
+        android_notification["sound"] = delivery.sound
+    if delivery.badge is not None:
+        android_notification["notification_count"] = delivery.badge
+    if android_notification:
+        android["notification"] = android_notification
+    message: dict[str, Any] = {
+        "token": delivery.token,
+        "notification": {"title": delivery.title, "body": delivery.body},
+        "android": android,
+    }
+    data = fcm_data(delivery)
+    if data:
+        message["data"] = data
+    return message
+
+
+def fit_message(delivery: ClaimedDelivery, now: datetime) -> tuple[bytes, bool]:
+    """The serialized ``message`` within 4096 bytes, the body shortened if needed.
+
+    Returns (bytes, truncated); raises PayloadTooLarge if even an empty body
+    does not fit.
+    """
+    message = fcm_message(delivery, now)
+
+    def build(body: str) -> bytes:
+        message["notification"]["body"] = body
+        return _dumps(message)
+
+    return fit_body(build, delivery.body, MAX_MESSAGE_BYTES)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+def classify_response(response: httpx.Response, truncated: bool = False) -> tuple[Outcome, bool]:
+    """FCM's answer as an Outcome, and whether the access token must be dropped (401).
+
+    Google's error shape is ``{"error": {"code", "status", "message", "details":
+    [{"@type": "...FcmError", "errorCode": ...}]}}``; the FCM errorCode decides
+    when present, the HTTP status otherwise.
+    """
+    status = response.status_code
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if status == 200:
+        name = payload.get("name") if isinstance(payload, dict) else None
+        return Outcome.sent(name if isinstance(name, str) else None, truncated), False
+
+    error = payload.get("error") if isinstance(payload, dict) else None
+    error = error if isinstance(error, dict) else {}
+    error_code = None
+    for detail in error.get("details") or []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("FcmError") and detail.get("errorCode"):
+            error_code = str(detail["errorCode"])
+            break
+    google_status = error.get("status") if isinstance(error.get("status"), str) else None
+    message = error.get("message") if isinstance(error.get("message"), str) else ""
+    label = error_code or google_status or "error"
+    reason = _shorten(f"FCM answered {status} {label}" + (f": {message}" if message else ""))
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+
+    if error_code in ("UNREGISTERED", "SENDER_ID_MISMATCH"):
+        return Outcome.dead_token(reason), False
+    if error_code == "INVALID_ARGUMENT" or status == 400:
+        return Outcome.rejected(reason), False
+    if error_code == "QUOTA_EXCEEDED" or status == 429:
+        return Outcome.retry(reason, max(retry_after or 0.0, QUOTA_RETRY_FLOOR_SECONDS)), False
+    if error_code in ("UNAVAILABLE", "INTERNAL") or status >= 500 or status == 408:
+        return Outcome.retry(reason, retry_after), False
+    if error_code == "THIRD_PARTY_AUTH_ERROR":  # APNs/Web Push credentials in the Firebase project
+        return Outcome.rejected(reason), False
+    if status == 401:  # our access token was refused (revoked or expired early)
+        return Outcome.retry(reason), True
+    if status == 403:
+        return Outcome.rejected(f"{reason} (check the app's FCM project id and service account)"), False
+    # 404 without UNREGISTERED (a wrong base URL or project) and anything else:
+    # never a reason to disable the device.
+    return Outcome.rejected(reason), False
+
+
+class _TimeoutRequest(google.auth.transport.requests.Request):
+    """google-auth's requests transport with our timeouts (its default is 120 s)."""
+
+    def __init__(self, session: requests.Session, timeout: tuple[float, float]) -> None:
+        super().__init__(session=session)
+        self._timeout = timeout
+
+    def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):  # type: ignore[override]
+        return super().__call__(url, method, body, headers, timeout=timeout or self._timeout, **kwargs)
+
+
+class _CredentialsProblem(Exception):
+    """No access token could be had; carries the outcome for every delivery."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+@dataclass
+class _AppAuth:
+    private_key_id: str
+    credentials: service_account.Credentials
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FcmAdapter:
+    platform = "android"
+
+    def __init__(
+        self,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        *,
+        base_url: str = "https://fcm.googleapis.com",
+        max_workers: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_workers = max(1, max_workers)
+        self.client = httpx.Client(
+            trust_env=False,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=self.max_workers, max_keepalive_connections=self.max_workers),
+        )
+        # Token endpoint traffic (rare): google-auth's requests transport, no proxies from the environment.
+        self.token_session = requests.Session()
+        self.token_session.trust_env = False
+        self.token_request = _TimeoutRequest(self.token_session, (connect_timeout, read_timeout))
+        self.executor = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="fcm-send")
+        self._auth: dict[uuid.UUID, _AppAuth] = {}
+        self._auth_lock = threading.Lock()
+        self._closed = False
+
+    # -- credentials ---------------------------------------------------------
+
+    def _app_auth(self, app: AppCredentials) -> tuple[_AppAuth, str]:
+        """The app's cached credentials and its FCM project id."""
+        if not app.fcm_service_account:
+            raise _CredentialsProblem(Outcome.rejected("app has no FCM credentials"))
+        try:
+            info = json.loads(app.fcm_service_account)
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise _CredentialsProblem(Outcome.rejected(f"FCM service account is not valid JSON: {exc}")) from None
+        project_id = app.fcm_project_id or info.get("project_id")
+        if not project_id or not isinstance(project_id, str):
+            raise _CredentialsProblem(Outcome.rejected("app has no FCM project id"))
+        key_id = str(info.get("private_key_id") or "")
+        with self._auth_lock:
+            cached = self._auth.get(app.app_id)
+            if cached is not None and cached.private_key_id == key_id:
+                return cached, project_id
+        try:
+            credentials = service_account.Credentials.from_service_account_info(info, scopes=[FCM_SCOPE])
+        except (ValueError, TypeError, KeyError) as exc:
+            # google-auth's messages name missing fields, never the key material.
+            raise _CredentialsProblem(Outcome.rejected(f"invalid FCM service account: {exc}")) from None
+        auth = _AppAuth(key_id, credentials)
+        with self._auth_lock:
+            cached = self._auth.get(app.app_id)
+            if cached is not None and cached.private_key_id == key_id:
+                return cached, project_id  # another thread got there first
+            self._auth[app.app_id] = auth  # replaces a rotated key's entry
+        return auth, project_id
+
+    def _access_token(self, auth: _AppAuth) -> str:
+        with auth.lock:
+            credentials = auth.credentials
+            if not credentials.valid:
+                try:
+                    credentials.refresh(self.token_request)
+                except google.auth.exceptions.TransportError as exc:
+                    raise _CredentialsProblem(
+                        Outcome.retry(_shorten(f"FCM token endpoint unreachable: {_describe(exc)}"))
+                    ) from None
+                except google.auth.exceptions.RefreshError as exc:
+                    if exc.retryable:
+                        raise _CredentialsProblem(
+                            Outcome.retry(_shorten(f"FCM token endpoint failed: {_describe(exc)}"))
+                        ) from None
+                    raise _CredentialsProblem(
+                        Outcome.rejected(_shorten(f"FCM service account refused by the token endpoint: {_describe(exc)}"))
+                    ) from None
+            return credentials.token
+
+    @staticmethod
+    def _drop_token(auth: _AppAuth, token: str) -> None:
+        """Forget a refused access token (unless another thread already replaced it)."""
+        with auth.lock:
+            if auth.credentials.token == token:
+                auth.credentials.token = None
+
+    # -- sending -------------------------------------------------------------
+
+    def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery], now: datetime) -> list[Outcome]:
+        """One outcome per delivery, in order; the deliveries go out concurrently."""
+        if not deliveries:
+            return []
+        try:
+            auth, project_id = self._app_auth(app)
+            token = self._access_token(auth)
+        except _CredentialsProblem as problem:
+            log.warning("fcm: app %s: %s", app.app_id, problem.outcome.reason)
+            return [problem.outcome] * len(deliveries)
+        url = f"{self.base_url}/v1/projects/{quote(project_id, safe='')}/messages:send"
+
+        def send(delivery: ClaimedDelivery) -> Outcome:
+            return self._send_safely(auth, token, url, delivery, now)
+
+        if len(deliveries) == 1:
+            return [send(deliveries[0])]
+        return list(self.executor.map(send, deliveries))
+
+    def _send_safely(
+        self, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery, now: datetime
+    ) -> Outcome:
+        # A chunk's outcomes must all come back: an unexpected error on one
+        # delivery becomes a retry, not an exception losing the others' outcomes.
+        try:
+            return self._send(auth, token, url, delivery, now)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("fcm: unexpected error sending delivery %s", delivery.delivery_id)
+            return Outcome.retry(f"unexpected error sending to FCM: {type(exc).__name__}")
+
+    def _send(self, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery, now: datetime) -> Outcome:
+        try:
+            message, truncated = fit_message(delivery, now)
+        except PayloadTooLarge as exc:
+            return Outcome.rejected(f"payload too large for FCM: {exc}")
+        try:
+            response = self.client.post(
+                url,
+                content=b'{"message":' + message + b"}",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"},
+            )
+        except httpx.TimeoutException as exc:
+            return Outcome.retry(f"FCM timed out: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return Outcome.retry(f"connection to FCM failed: {type(exc).__name__}")
+        outcome, drop_token = classify_response(response, truncated)
+        if drop_token:
+            self._drop_token(auth, token)
+        return outcome
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.executor.shutdown(wait=True)
+        self.client.close()
+        self.token_session.close()
+
+
+def _describe(exc: Exception) -> str:
+    """A readable one-liner for a google-auth exception (its first argument)."""
+    if exc.args:
+        first = exc.args[0]
+        if isinstance(first, BaseException):
+            return f"{type(first).__name__}: {first}"
+        return str(first)
+    return type(exc).__name__
