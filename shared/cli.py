@@ -227,6 +227,37 @@ def unenroll_command(app_id: uuid.UUID, user_id: uuid.UUID) -> None:
         click.echo("unenrolled")
 
 
+@main.command("import-patients")
+@click.argument("app_id", type=click.UUID)
+@click.argument("csv_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--batch-size", default=1000, show_default=True, help="Mappings per database statement.")
+def import_patients_command(app_id: uuid.UUID, csv_path: str, batch_size: int) -> None:
+    """Create or replace patient identity mappings from a CSV with columns patient_id,person_id.
+
+    The whole file is validated first; nothing is written if any row is bad.
+    """
+    import csv
+
+    from shared.services.apps import get_app
+    from shared.services.patients import bulk_put_mappings
+
+    with open(csv_path, newline="", encoding="utf-8") as csv_file:
+        reader = csv.DictReader(csv_file)
+        if not reader.fieldnames or not {"patient_id", "person_id"} <= set(reader.fieldnames):
+            raise click.UsageError("the CSV needs a header with patient_id and person_id")
+        mappings = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                mappings.append((uuid.UUID(row["patient_id"]), uuid.UUID(row["person_id"])))
+            except (ValueError, TypeError, AttributeError):
+                raise click.UsageError(f"line {line}: patient_id and person_id must be UUIDs") from None
+    with cli_session() as session:
+        get_app(session, app_id)
+        for start in range(0, len(mappings), batch_size):
+            bulk_put_mappings(session, app_id, mappings[start : start + batch_size])
+    click.echo(f"imported {len(mappings)} mapping(s)")
+
+
 @main.group()
 def token() -> None:
     """Mint development tokens signed with JWT_SECRET (or --private-key)."""
