@@ -111,7 +111,7 @@ def test_user_without_devices_is_recorded_as_no_devices(api, worker, tenant):
     assert final_notification(api, tenant, response.json()["notification_id"])["status"] == "no_devices"
 
 
-def test_other_platforms_are_recorded_as_unsupported_for_now(api, worker, tenant, push_service):
+def test_a_platform_the_app_has_no_credentials_for_is_rejected_with_the_reason(api, worker, tenant, push_service):
     user = uuid.uuid4()
     tenant.enroll(user)
     register_web(api, tenant, user, push_service.new_subscription())
@@ -123,6 +123,7 @@ def test_other_platforms_are_recorded_as_unsupported_for_now(api, worker, tenant
     assert ios.status_code == 201
     response = api.post("/push/send", json={"user_id": str(user), "title": "t", "body": "b"}, headers=tenant.service_headers())
     notification = final_notification(api, tenant, response.json()["notification_id"])
-    statuses = sorted((d["platform"], d["status"]) for d in notification["deliveries"])
-    assert statuses == [("ios", "unsupported"), ("web", "sent")]
+    by_platform = {d["platform"]: d for d in notification["deliveries"]}
+    assert by_platform["web"]["status"] == "sent"
+    assert (by_platform["ios"]["status"], by_platform["ios"]["last_error"]) == ("rejected", "app has no APNs credentials")
     assert notification["status"] == "partially_delivered"

@@ -17,6 +17,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.delivery import RetryPolicy
 from workers.adapters.base import Adapter
+from workers.adapters.apns import ApnsAdapter
 from workers.adapters.fcm import FcmAdapter
 from workers.adapters.webpush import WebPushAdapter
 from workers.dispatch import Dispatcher
@@ -36,6 +37,8 @@ class WorkerRuntime:
         s = self.settings
         return {
             "web": WebPushAdapter(s.vendor_connect_timeout, s.vendor_read_timeout),
+            "ios": ApnsAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, host=s.apns_host, port=s.apns_port,
+                               ca_file=s.apns_ca_file),
             "android": FcmAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, base_url=s.fcm_base_url),
         }
 
