@@ -69,6 +69,19 @@ class Settings:
     retry_max_seconds: float = field(default=600.0, metadata={"env": "PUSHQ_RETRY_MAX_SECONDS"})
     # How long POST /v1/push/send waits for first delivery attempts before answering "pending".
     fanout_wait_seconds: float = field(default=10.0, metadata={"env": "PUSHQ_FANOUT_WAIT_SECONDS"})
+    # Guards (see README "Quotas, limits and idempotency").
+    default_daily_quota: int = field(default=100_000, metadata={"env": "PUSHQ_DEFAULT_DAILY_QUOTA"})
+    registration_limit: int = field(default=10, metadata={"env": "PUSHQ_REGISTRATION_LIMIT"})
+    registration_window_seconds: int = field(default=3600, metadata={"env": "PUSHQ_REGISTRATION_WINDOW_SECONDS"})
+    idempotency_ttl_seconds: int = field(default=86_400, metadata={"env": "PUSHQ_IDEMPOTENCY_TTL_SECONDS"})
+    max_body_bytes: int = field(default=1024 * 1024, metadata={"env": "PUSHQ_MAX_BODY_BYTES"})
+    # Secrets at rest: Fernet keys (first encrypts, all decrypt: rotation) and the HMAC key for token lookups.
+    encryption_keys: tuple[str, ...] = field(default=(), metadata={"env": "PUSHQ_ENCRYPTION_KEYS"})
+    token_hash_key: str | None = field(default=None, metadata={"env": "PUSHQ_TOKEN_HASH_KEY"})
+    # The built-in client-credentials endpoint (POST /oauth/token) signs with this PEM private key
+    # (RS*/ES* deployments) or with JWT_SECRET (HS*).
+    token_signing_key: str | None = field(default=None, metadata={"env": "PUSHQ_TOKEN_SIGNING_KEY"})
+    token_lifetime_seconds: int = field(default=3600, metadata={"env": "PUSHQ_TOKEN_LIFETIME_SECONDS"})
     log_level: str = field(default="INFO", metadata={"env": "PUSHQ_LOG_LEVEL"})
 
     @classmethod

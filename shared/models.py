@@ -121,6 +121,35 @@ class App(Base):
     apns_use_sandbox: Mapped[bool] = mapped_column(Boolean, default=False)
     fcm_project_id: Mapped[str | None] = mapped_column(String(255))
     fcm_service_account: Mapped[str | None] = mapped_column(Text)
+    # Notifications per UTC day (one per target user); None: PUSHQ_DEFAULT_DAILY_QUOTA.
+    daily_quota: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OAuthClient(Base):
+    """A client-credentials client of an app: exchanges id + secret for a service JWT at /oauth/token."""
+
+    __tablename__ = "oauth_clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    secret_hash: Mapped[str] = mapped_column(Text)  # never the secret itself
+    scopes: Mapped[str] = mapped_column(String(255))  # space-separated
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class IdempotencyKey(Base):
+    """The first response to a send made with an ``Idempotency-Key``, replayed for 24 h."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
