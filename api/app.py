@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import TokenVerifier
 from api.http import discard_session, finish_session, register_error_handlers
+from shared import crypto
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
+from shared.guards import DailyQuota, QuotaPolicy, RegistrationLimiter
 from workers.celery_app import make_celery
 from workers.dispatch import Dispatcher
-
-MAX_BODY_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -25,31 +26,41 @@ class PushqState:
     verifier: TokenVerifier
     session_factory: sessionmaker[Session]
     dispatcher: Dispatcher
+    quota: QuotaPolicy
+    registration_limiter: RegistrationLimiter
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or Settings.from_env()
+    crypto.configure(settings)  # tokens and vendor credentials are encrypted at rest
     app = Flask("pushq")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     celery = make_celery(settings)
+    guards_redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     app.extensions["pushq"] = PushqState(
         settings=settings,
         verifier=TokenVerifier(settings),
         session_factory=make_session_factory(make_engine(settings.database_url)),
         dispatcher=Dispatcher(celery, settings.delivery_chunk_size),
+        quota=QuotaPolicy(DailyQuota(guards_redis), settings.default_daily_quota),
+        registration_limiter=RegistrationLimiter(
+            guards_redis, settings.registration_limit, settings.registration_window_seconds
+        ),
     )
 
     from api.openapi import bp as openapi_bp
     from api.views import bp as push_bp
     from api.health import bp as health_bp
     from api.patient_views import bp as patients_bp
+    from api.oauth import bp as oauth_bp
 
     app.register_blueprint(push_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(patients_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(oauth_bp)
     app.after_request(finish_session)
     app.teardown_request(discard_session)
     register_error_handlers(app)

@@ -1,4 +1,4 @@
-"""Bearer-token authentication with PyJWT.
+"""Bearer-token authentication with PyJWT, and the signing side of ``POST /oauth/token``.
 
 Two kinds of caller:
 
@@ -9,21 +9,66 @@ Two kinds of caller:
 
 Both must be signed with an allowed algorithm and carry valid ``exp``, ``iss``
 and ``aud``. Keys come from settings: a shared secret (HS*), a PEM public key,
-or a JWKS URL (keys chosen by ``kid``, cached by PyJWKClient).
+or a JWKS URL. How a token is checked, in order:
+
+1. the header's ``alg`` must be in ``JWT_ALGORITHMS`` (checked before any key
+   lookup, so ``none`` or an HS* token never even reaches the keys);
+2. the key: the JWKS key named by the token's ``kid`` (see :class:`JwksKeys`),
+   the PEM public key, or the secret; plus, when pushq signs tokens itself
+   (``PUSHQ_TOKEN_SIGNING_KEY``), its own public key under its RFC 7638
+   thumbprint as ``kid``. The key's type must fit ``alg`` (an RSA key never
+   verifies an ES256 token; a JWK that declares ``alg`` only verifies that one);
+3. signature, ``exp`` (required), ``nbf``, ``iat``, ``iss``, ``aud`` and ``sub``
+   (required), with ``JWT_LEEWAY_SECONDS`` of clock skew; RSA keys under 2048
+   bits are refused.
+
+Nothing here logs a token: failures become :class:`AuthError` with a reason
+the API logs at INFO, and JWKS fetch failures are logged with the URL only.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from shared.config import ConfigError, Settings
 
+log = logging.getLogger(__name__)
+
 SEND_SCOPE = "push:send"
+
+# Clock skew beyond a few minutes is a broken clock, not skew.
+MAX_LEEWAY_SECONDS = 300
+# A bearer token larger than this is not one pushq or any IdP issues.
+MAX_TOKEN_CHARS = 16_384
+MAX_KID_CHARS = 256
+
+# JWKS: how long a fetched key set is used before it is fetched again; the least
+# time between two refetches caused by an unknown ``kid`` (whatever the kid: a
+# stream of garbage kids costs at most one request per interval); how long to wait
+# after a failed fetch before trying the network again; how long a key set may
+# still be used when refreshing it fails (the identity provider being down should
+# not take pushq down with it); the HTTP timeout.
+JWKS_LIFESPAN_SECONDS = 300.0
+JWKS_REFETCH_INTERVAL_SECONDS = 30.0
+JWKS_RETRY_AFTER_FAILURE_SECONDS = 5.0
+JWKS_STALE_GRACE_SECONDS = 300.0
+JWKS_TIMEOUT_SECONDS = 5.0
+
+_EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES521": "secp521r1",
+              "ES256K": "secp256k1"}
 
 
 class AuthError(Exception):
@@ -43,43 +88,295 @@ class Principal:
         return self.kind == "service"
 
 
+# -- keys ----------------------------------------------------------------------
+
+
+def is_symmetric(algorithm: str) -> bool:
+    return algorithm.startswith("HS")
+
+
+def key_fits_algorithm(key: Any, algorithm: str) -> bool:
+    """Whether an asymmetric key (public or private) can verify or sign ``algorithm``."""
+    if algorithm.startswith(("RS", "PS")):
+        return isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey))
+    if algorithm in _EC_CURVES:
+        return (isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey))
+                and key.curve.name == _EC_CURVES[algorithm])
+    if algorithm == "EdDSA":
+        return isinstance(key, (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey,
+                                ed448.Ed448PublicKey, ed448.Ed448PrivateKey))
+    return False
+
+
+def jwk_thumbprint(public_key: Any) -> str:
+    """The RFC 7638 SHA-256 thumbprint of a public key, base64url: pushq's own ``kid``."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        jwk, members = RSAAlgorithm.to_jwk(public_key, as_dict=True), ("e", "kty", "n")
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        jwk, members = ECAlgorithm.to_jwk(public_key, as_dict=True), ("crv", "kty", "x", "y")
+    else:
+        jwk, members = OKPAlgorithm.to_jwk(public_key, as_dict=True), ("crv", "kty", "x")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def public_jwk(public_key: Any, algorithm: str) -> dict[str, Any]:
+    """The JWK an operator publishes so that other verifiers accept pushq's own tokens."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
+    else:
+        jwk = OKPAlgorithm.to_jwk(public_key, as_dict=True)
+    return {**jwk, "kid": jwk_thumbprint(public_key), "use": "sig", "alg": algorithm}
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """What ``POST /oauth/token`` signs with."""
+
+    key: Any  # a private key object, or the HS* secret
+    algorithm: str
+    kid: str | None  # the RFC 7638 thumbprint (asymmetric keys only)
+    public_key: Any | None
+
+
+def load_signing_key(settings: Settings) -> SigningKey | None:
+    """``PUSHQ_TOKEN_SIGNING_KEY`` with the first fitting asymmetric algorithm, else JWT_SECRET with the first HS*.
+
+    None when neither can sign (the built-in token endpoint is then disabled). A
+    signing key that is set but unusable is a configuration error, never a silent fallback.
+    """
+    if settings.token_signing_key:
+        try:
+            private = serialization.load_pem_private_key(settings.token_signing_key.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ConfigError("PUSHQ_TOKEN_SIGNING_KEY is not an unencrypted PEM private key") from None
+        if isinstance(private, rsa.RSAPrivateKey) and private.key_size < 2048:
+            raise ConfigError("PUSHQ_TOKEN_SIGNING_KEY: RSA keys must have at least 2048 bits")
+        algorithm = next((a for a in settings.jwt_algorithms
+                          if not is_symmetric(a) and key_fits_algorithm(private, a)), None)
+        if algorithm is None:
+            raise ConfigError(
+                f"PUSHQ_TOKEN_SIGNING_KEY fits none of JWT_ALGORITHMS {list(settings.jwt_algorithms)} "
+                "(RSA: RS*/PS*, EC: ES256/ES384/ES512 by curve, Ed25519/Ed448: EdDSA)"
+            )
+        public = private.public_key()
+        return SigningKey(private, algorithm, jwk_thumbprint(public), public)
+    symmetric = next((a for a in settings.jwt_algorithms if is_symmetric(a)), None)
+    if symmetric is not None and settings.jwt_secret:
+        return SigningKey(settings.jwt_secret, symmetric, None, None)
+    return None
+
+
+# -- JWKS ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JwksKey:
+    key: Any  # a cryptography public key
+    algorithm: str | None  # the JWK's ``alg`` when it declares one
+
+
+def index_jwks(document: Any) -> dict[str, JwksKey]:
+    """The usable signing keys of a JWKS document by ``kid``.
+
+    Skipped: keys without a ``kid``, encryption keys (``use`` other than ``sig``),
+    symmetric keys (``kty: oct``: a JWKS is public, a secret in it is no secret)
+    and keys PyJWT cannot load. The first key wins when a ``kid`` repeats.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWK Set: no 'keys' list")
+    keys: dict[str, JwksKey] = {}
+    for raw in document["keys"]:
+        if not isinstance(raw, dict):
+            continue
+        kid = raw.get("kid")
+        if not isinstance(kid, str) or not kid or kid in keys:
+            continue
+        if raw.get("use", "sig") != "sig" or raw.get("kty") not in ("RSA", "EC", "OKP"):
+            continue
+        try:
+            jwk = jwt.PyJWK(raw)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+            log.warning("ignoring JWKS key %r: %s", kid[:MAX_KID_CHARS], exc)
+            continue
+        declared = raw.get("alg")
+        keys[kid] = JwksKey(jwk.key, declared if isinstance(declared, str) else None)
+    return keys
+
+
+class JwksKeys:
+    """The keys of a JWKS URL, by ``kid``, cached, with rate-limited refetches.
+
+    * The key set is fetched on first use and again once it is ``lifespan``
+      seconds old.
+    * A ``kid`` not in the set (a key the identity provider just rotated in)
+      triggers one immediate refetch, but at most one such refetch per
+      ``refetch_interval`` for all kids together: tokens with random kids cannot
+      make pushq hammer the JWKS URL. A key the provider removed stops verifying
+      as soon as a refetch no longer lists it.
+    * A failed fetch is logged (URL and reason, never a token) and not retried
+      for ``retry_after_failure`` seconds; meanwhile the last good key set keeps
+      verifying for up to ``stale_grace`` seconds past its lifespan, after which
+      every token is refused until a fetch succeeds.
+
+    PyJWKClient does the HTTP (http/https only, no redirects, a timeout); the
+    caching lives here so the refetch policy is explicit and testable (``clock``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lifespan: float = JWKS_LIFESPAN_SECONDS,
+        refetch_interval: float = JWKS_REFETCH_INTERVAL_SECONDS,
+        retry_after_failure: float = JWKS_RETRY_AFTER_FAILURE_SECONDS,
+        stale_grace: float = JWKS_STALE_GRACE_SECONDS,
+        timeout: float = JWKS_TIMEOUT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        try:
+            self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout,
+                                           headers={"User-Agent": "pushq"})
+        except jwt.PyJWKClientError as exc:
+            raise ConfigError(f"JWT_JWKS_URL: {exc}") from None
+        self.url = url
+        self._lifespan, self._refetch_interval = lifespan, refetch_interval
+        self._retry_after_failure, self._stale_grace = retry_after_failure, stale_grace
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: dict[str, JwksKey] = {}
+        self._fetched_at: float | None = None  # last successful fetch
+        self._failed_at: float | None = None  # last failed fetch, cleared by a success
+        self._refetched_at: float | None = None  # last refetch caused by an unknown kid
+        self.fetch_attempts = 0
+
+    def get(self, kid: str) -> JwksKey:
+        with self._lock:
+            now = self._clock()
+            fetched = False
+            if self._fetched_at is None or now - self._fetched_at >= self._lifespan:
+                fetched = self._fetch(now)
+            key = self._usable_keys(now).get(kid)
+            if key is None and not fetched and self._may_refetch(now):
+                self._refetched_at = now
+                self._fetch(now)
+                key = self._usable_keys(now).get(kid)
+        if key is None:
+            raise AuthError("no JWKS signing key for the token's kid")
+        return key
+
+    def _may_refetch(self, now: float) -> bool:
+        return self._refetched_at is None or now - self._refetched_at >= self._refetch_interval
+
+    def _usable_keys(self, now: float) -> dict[str, JwksKey]:
+        if self._fetched_at is None or now - self._fetched_at >= self._lifespan + self._stale_grace:
+            return {}
+        return self._keys
+
+    def _fetch(self, now: float) -> bool:
+        """Fetch the key set now unless a fetch failed moments ago; True when it succeeded."""
+        if self._failed_at is not None and now - self._failed_at < self._retry_after_failure:
+            return False
+        self.fetch_attempts += 1
+        try:
+            keys = index_jwks(self._client.fetch_data())
+        except Exception as exc:  # noqa: BLE001 - any failure to get keys is a 401 for the caller, not a 500
+            self._failed_at = now
+            log.warning("fetching JWKS from %s failed: %s: %s", self.url, type(exc).__name__, exc)
+            return False
+        self._keys, self._fetched_at, self._failed_at = keys, now, None
+        return True
+
+
+# -- verification --------------------------------------------------------------
+
+
 class TokenVerifier:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic, **jwks_options: Any) -> None:
+        settings.validate()  # never 'none', never HS* next to a public key or a JWKS URL
         self.settings = settings
-        self.algorithms = list(settings.jwt_algorithms)
-        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300) if settings.jwt_jwks_url else None
-        if any(a.startswith("HS") for a in self.algorithms) and not settings.jwt_secret:
+        self.algorithms = tuple(settings.jwt_algorithms)
+        known = get_default_algorithms()
+        unknown = [a for a in self.algorithms if a not in known]
+        if unknown:
+            raise ConfigError(f"JWT_ALGORITHMS: unknown algorithm(s) {unknown}")
+        if any(is_symmetric(a) for a in self.algorithms) and not settings.jwt_secret:
             raise ConfigError("JWT_SECRET is required for HS* algorithms")
         if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
             raise ConfigError("JWT_SECRET must be at least 32 bytes (RFC 7518 section 3.2)")
+        if not 0 <= settings.jwt_leeway_seconds <= MAX_LEEWAY_SECONDS:
+            raise ConfigError(f"JWT_LEEWAY_SECONDS must be between 0 and {MAX_LEEWAY_SECONDS}")
+        self._secret = settings.jwt_secret if any(is_symmetric(a) for a in self.algorithms) else None
+        self._public_key = _load_public_key(settings) if settings.jwt_public_key else None
+        self._jwks = JwksKeys(settings.jwt_jwks_url, clock=clock, **jwks_options) if settings.jwt_jwks_url else None
+        signing = load_signing_key(settings)
+        # pushq's own tokens (POST /oauth/token with PUSHQ_TOKEN_SIGNING_KEY) name their key by thumbprint.
+        self._own = signing if signing is not None and signing.kid is not None else None
 
-    def _key(self, token: str) -> Any:
-        if self._jwks is not None:
-            try:
-                return self._jwks.get_signing_key_from_jwt(token).key
-            except jwt.PyJWKClientError as exc:
-                raise AuthError(f"no signing key: {exc}") from None
-        if self.settings.jwt_public_key:
-            return self.settings.jwt_public_key
-        return self.settings.jwt_secret
+    @property
+    def jwks(self) -> JwksKeys | None:
+        return self._jwks
 
     def verify(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
             raise AuthError("missing bearer token")
         token = authorization[len("Bearer ") :].strip()
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise AuthError("empty or oversized token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"malformed token: {exc}") from None
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self.algorithms:
+            raise AuthError(f"algorithm {str(algorithm)[:32]!r} is not allowed")
+        key = self._key(algorithm, header.get("kid"))
         try:
             claims = jwt.decode(
                 token,
-                key=self._key(token),
-                algorithms=self.algorithms,
+                key=key,
+                algorithms=[algorithm],
                 audience=self.settings.jwt_audience,
                 issuer=self.settings.jwt_issuer,
                 leeway=self.settings.jwt_leeway_seconds,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                options={"require": ["exp", "iss", "aud", "sub"], "enforce_minimum_key_length": True},
             )
         except jwt.PyJWTError as exc:
             raise AuthError(str(exc)) from None
         return principal_from_claims(claims)
+
+    def _key(self, algorithm: str, kid: Any) -> Any:
+        if is_symmetric(algorithm):
+            # Only reachable in an HS*-only deployment (Settings.validate), where the secret is the only key.
+            return self._secret
+        if kid is not None and not (isinstance(kid, str) and 0 < len(kid) <= MAX_KID_CHARS):
+            raise AuthError("malformed kid")
+        if self._own is not None and kid == self._own.kid:
+            key, declared = self._own.public_key, self._own.algorithm
+        elif self._jwks is not None:
+            if kid is None:
+                raise AuthError("token has no kid (needed to choose a JWKS key)")
+            jwks_key = self._jwks.get(kid)
+            key, declared = jwks_key.key, jwks_key.algorithm
+        elif self._public_key is not None:
+            key, declared = self._public_key, None
+        else:
+            raise AuthError("no key for this algorithm")
+        if (declared is not None and declared != algorithm) or not key_fits_algorithm(key, algorithm):
+            raise AuthError(f"the key does not fit algorithm {algorithm}")
+        return key
+
+
+def _load_public_key(settings: Settings) -> Any:
+    try:
+        key = serialization.load_pem_public_key(settings.jwt_public_key.encode())  # type: ignore[union-attr]
+    except (ValueError, TypeError):
+        raise ConfigError("JWT_PUBLIC_KEY is not a PEM public key") from None
+    if not any(key_fits_algorithm(key, a) for a in settings.jwt_algorithms):
+        raise ConfigError(f"JWT_PUBLIC_KEY fits none of JWT_ALGORITHMS {list(settings.jwt_algorithms)}")
+    return key
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
@@ -98,6 +395,45 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     return Principal("user", subject, None, user_id, scopes)
 
 
+# -- issuing -------------------------------------------------------------------
+
+
+class TokenIssuer:
+    """Signs the service JWTs ``POST /oauth/token`` hands out (see :func:`load_signing_key`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.token_lifetime_seconds < 1:
+            raise ConfigError("PUSHQ_TOKEN_LIFETIME_SECONDS must be at least 1")
+        self.settings = settings
+        self.signing = load_signing_key(settings)
+
+    @property
+    def enabled(self) -> bool:
+        return self.signing is not None
+
+    @property
+    def lifetime_seconds(self) -> int:
+        return self.settings.token_lifetime_seconds
+
+    def issue(self, *, client_id: str, app_id: uuid.UUID, scopes: list[str] | tuple[str, ...]) -> str:
+        if self.signing is None:
+            raise ConfigError("no key to sign tokens with (PUSHQ_TOKEN_SIGNING_KEY or JWT_SECRET)")
+        now = int(time.time())
+        claims = {
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience,
+            "sub": client_id,
+            "client_id": client_id,
+            "app_id": str(app_id),
+            "scope": " ".join(scopes),
+            "iat": now,
+            "exp": now + self.settings.token_lifetime_seconds,
+            "jti": uuid.uuid4().hex,
+        }
+        headers = {"kid": self.signing.kid} if self.signing.kid else None
+        return jwt.encode(claims, self.signing.key, algorithm=self.signing.algorithm, headers=headers)
+
+
 def mint_token(
     settings: Settings,
     *,
@@ -109,7 +445,7 @@ def mint_token(
     algorithm: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Sign a token the API accepts (development and tests; production uses its IdP)."""
+    """Sign a token the API accepts (development and tests; production uses its IdP or POST /oauth/token)."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": settings.jwt_issuer,

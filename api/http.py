@@ -21,6 +21,8 @@ from werkzeug.exceptions import HTTPException
 
 from api.auth import SEND_SCOPE, AuthError, Principal
 from shared.errors import ServiceError
+from shared.models import utcnow
+from shared.services import idempotency
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class EndpointSpec:
     view_name: str
     description: str = ""
     tags: list[str] = field(default_factory=list)
+    idempotent: bool = False
 
 
 ENDPOINTS: list[EndpointSpec] = []
@@ -77,6 +80,7 @@ def endpoint(
     query_schema: type[Schema] | None = None,
     errors: dict[int, str] | None = None,
     tags: list[str] | None = None,
+    idempotent: bool = False,
 ) -> Callable:
     """Register a view on ``bp`` with its auth rule and its OpenAPI description.
 
@@ -91,11 +95,15 @@ def endpoint(
         if query_schema is not None:
             all_errors.setdefault(400, "Invalid request")
         all_errors.update(errors or {})
+        if idempotent:
+            all_errors[422] = "Idempotency-Key was used with a different request"
+            all_errors[409] = "A request with this Idempotency-Key is still in progress"
+            all_errors.setdefault(400, "Invalid request")
         ENDPOINTS.append(
             EndpointSpec(
                 rule=rule, method=method, summary=summary, auth=auth, request_schema=request_schema,
                 query_schema=query_schema, responses=responses, errors=all_errors, view_name=view.__name__,
-                description=(view.__doc__ or "").strip(), tags=tags or [],
+                description=(view.__doc__ or "").strip(), tags=tags or [], idempotent=idempotent,
             )
         )
 
@@ -108,7 +116,10 @@ def endpoint(
                 payload = query_schema().load(request.args.to_dict())
             else:
                 payload = None
-            return view(principal, payload, **path_args)
+            key = request.headers.get("Idempotency-Key") if idempotent else None
+            if key is None:
+                return view(principal, payload, **path_args)
+            return _idempotent_call(view, principal, payload, key, path_args)
 
         bp.add_url_rule(rule.replace("{", "<").replace("}", ">"), view.__name__, wrapper, methods=[method])
         return wrapper
@@ -122,6 +133,24 @@ def parse_id(value: str, not_found: type[ServiceError]) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise not_found() from None
+
+
+def _idempotent_call(view: Callable, principal: Principal, payload: Any, key: str, path_args: dict[str, Any]):
+    """Replay the stored response for a known key; otherwise run the view and store its 2xx answer."""
+    session = db_session()
+    ttl = current_app.extensions["pushq"].settings.idempotency_ttl_seconds
+    fingerprint = idempotency.request_fingerprint(request.method, request.path, request.get_json(silent=True))
+    stored = idempotency.begin(session, principal.app_id, key, fingerprint, utcnow(), ttl)
+    if stored is not None:
+        response = jsonify(stored.body)
+        response.status_code = stored.status_code
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    result = view(principal, payload, **path_args)
+    body, status = result[0], result[1]
+    if 200 <= status < 300:
+        idempotency.finish(session, principal.app_id, key, status, body)
+    return result
 
 
 def authorize(auth: Auth) -> Principal | None:
@@ -202,7 +231,9 @@ def register_error_handlers(app) -> None:
 
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError):
-        return error_response(exc.status, exc.code, exc.message, **exc.details)
+        response = error_response(exc.status, exc.code, exc.message, **exc.details)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError):

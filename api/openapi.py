@@ -24,13 +24,22 @@ _SECURITY = {"service": [{"serviceToken": ["push:send"]}], "m2m": [{"serviceToke
              "any": [{"userToken": []}, {"serviceToken": ["push:send"]}], "none": []}
 
 
+def _implicit_errors(spec: EndpointSpec) -> dict[int, str]:
+    """Errors every route of its kind can answer, whatever its declaration says."""
+    errors: dict[int, str] = {}
+    if "{" in spec.rule:
+        # parse_id turns a malformed id into the object's "not found"; an id with a "/" matches no route.
+        errors[404] = "Not found (also when an id is not a UUID)"
+    return errors
+
+
 def _operation(spec: EndpointSpec) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, schema in spec.responses.items():
         responses[str(status)] = {"description": "Success"}
         if schema is not None:
             responses[str(status)]["content"] = {"application/json": {"schema": schema}}
-    for status, description in sorted(spec.errors.items()):
+    for status, description in sorted({**_implicit_errors(spec), **spec.errors}.items()):
         error_schema = ValidationErrorSchema if status == 400 else ErrorSchema
         responses[str(status)] = {"description": description, "content": {"application/json": {"schema": error_schema}}}
     operation: dict[str, Any] = {
@@ -49,6 +58,14 @@ def _operation(spec: EndpointSpec) -> dict[str, Any]:
     ]
     if spec.query_schema is not None:
         parameters.append({"in": "query", "schema": spec.query_schema})
+    if spec.idempotent:
+        parameters.append({
+            "in": "header", "name": "Idempotency-Key", "required": False,
+            # Printable ASCII (idempotency.begin); no leading or trailing space, which HTTP strips anyway.
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]([ -~]*[!-~])?$"},
+            "description": "Repeat a send safely: the same key from the same app within 24 h returns the first "
+                           "response and sends nothing again; the same key with another body is 422.",
+        })
     if parameters:
         operation["parameters"] = parameters
     if spec.request_schema is not None:

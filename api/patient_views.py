@@ -18,17 +18,19 @@ from api.schemas import (
     StatusResponse,
 )
 from shared.errors import PatientNotFound
+from shared.models import utcnow
 from shared.services import patient_push, patients
 
 bp = Blueprint("patients", __name__)
 
 _NOT_FOUND = {404: "Patient not found / Identity mapping not found"}
+_SEND_ERRORS = {**_NOT_FOUND, 429: "Daily quota exceeded"}
 
 
 @endpoint(
     bp, "/v1/push/send", "POST", summary="Fan out a web push notification to all subscribed devices for a patient",
-    auth="m2m", request_schema=PatientSendRequest, responses={200: PatientSendResponse}, errors=_NOT_FOUND,
-    tags=["patients"],
+    auth="m2m", request_schema=PatientSendRequest, responses={200: PatientSendResponse}, errors=_SEND_ERRORS,
+    tags=["patients"], idempotent=True,
 )
 def patient_send(principal: Principal, body: dict, **_):
     """Waits for each subscription's first delivery attempt up to PUSHQ_FANOUT_WAIT_SECONDS; what is
@@ -37,7 +39,7 @@ def patient_send(principal: Principal, body: dict, **_):
     state = current_app.extensions["pushq"]
     started = patient_push.start_patient_send(
         db_session(), principal.app_id, body["patient_id"], title=body["title"], body=body["body"], url=body["url"],
-        default_ttl=state.settings.default_ttl_seconds, enqueue=state.dispatcher.enqueue_fanout,
+        default_ttl=state.settings.default_ttl_seconds, enqueue=state.dispatcher.enqueue_fanout, quota=state.quota,
     )
     commit_request_session()
     results = patient_push.wait_for_first_attempts(state.session_factory, started, state.settings.fanout_wait_seconds)
@@ -52,7 +54,8 @@ def patient_send(principal: Principal, body: dict, **_):
         ],
         "notification_id": str(started.notification_id),
     }
-    return PatientSendResponse().dump(response), 200
+    headers = started.quota.headers(utcnow()) if started.quota else {}
+    return PatientSendResponse().dump(response), 200, headers
 
 
 @endpoint(

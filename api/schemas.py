@@ -17,7 +17,15 @@ class ErrorSchema(Schema):
 
 
 class ValidationErrorSchema(ErrorSchema):
-    fields = fields.Dict(metadata={"description": "Per-field validation messages."})
+    """Every 400: the error, plus what the particular error adds."""
+
+    reason = fields.String(metadata={"description": "invalid_push_token: why the token does not fit its platform."})
+    user_ids = fields.List(fields.UUID(), metadata={"description": "user_not_enrolled: the users not enrolled."})
+    # Last: from here on the class body's ``fields`` is this attribute, not the marshmallow module.
+    fields = fields.Dict(
+        metadata={"description": "validation_error: per-field messages (a list of texts, or per index/key for "
+                  "nested values; `_schema` for the body as a whole)."}
+    )
 
 
 class RegisterDeviceRequest(Schema):
@@ -41,12 +49,17 @@ class StatusResponse(Schema):
     status = fields.String(required=True, metadata={"example": "ok"})
 
 
+def _storable() -> validate.Regexp:
+    """Text stored in a PostgreSQL text column: it cannot hold NUL (U+0000), so such text is refused up front."""
+    return validate.Regexp(r"^[^\x00]*$", error="Must not contain NUL (U+0000) characters.")
+
+
 def _title() -> fields.String:
-    return fields.String(required=True, validate=validate.Length(min=1, max=MAX_TITLE_CHARS))
+    return fields.String(required=True, validate=[validate.Length(min=1, max=MAX_TITLE_CHARS), _storable()])
 
 
 def _body() -> fields.String:
-    return fields.String(required=True, validate=validate.Length(min=1, max=MAX_BODY_CHARS))
+    return fields.String(required=True, validate=[validate.Length(min=1, max=MAX_BODY_CHARS), _storable()])
 
 
 def _data() -> fields.Dict:
@@ -83,7 +96,7 @@ def _options() -> dict[str, fields.Field]:
             metadata={"description": "App icon badge (APNs aps.badge, FCM notification_count)."},
         ),
         "sound": fields.String(
-            load_default=None, validate=validate.Length(min=1, max=255),
+            load_default=None, validate=[validate.Length(min=1, max=255), _storable()],
             metadata={"description": "Sound name (APNs aps.sound, FCM android.notification.sound)."},
         ),
     }
@@ -179,10 +192,10 @@ class PatientSendRequest(Schema):
     """The contract's request body (field names as specified)."""
 
     patient_id = fields.UUID(required=True, data_key="patientId")
-    title = fields.String(required=True, validate=validate.Length(min=1, max=MAX_TITLE_CHARS))
-    body = fields.String(required=True, validate=validate.Length(min=1, max=MAX_BODY_CHARS))
+    title = _title()
+    body = _body()
     url = fields.String(
-        load_default=None, validate=validate.Length(max=2048),
+        load_default=None, validate=[validate.Length(max=2048), _storable()],
         metadata={"description": "Opened by the service worker on click; travels in the push payload."},
     )
 

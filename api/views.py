@@ -23,6 +23,7 @@ from api.schemas import (
     StatusResponse,
 )
 from shared.errors import DeviceNotFound, EnrollmentNotFound, NotificationNotFound
+from shared.models import utcnow
 from shared.services import devices, enrollments, notifications, sends
 
 bp = Blueprint("push", __name__)
@@ -35,7 +36,8 @@ def _pushq():
 @endpoint(
     bp, "/push/devices/register", "POST", summary="Register a device for push notifications",
     auth="user", request_schema=RegisterDeviceRequest, responses={201: DeviceIdResponse},
-    errors={404: "App not found", 400: "Invalid request / Invalid push token"}, tags=["devices"],
+    errors={404: "App not found", 400: "Invalid request / Invalid push token",
+            429: "Too many registrations, try again later"}, tags=["devices"],
 )
 def register_device(principal: Principal, body: dict, **_):
     """Deduplicates on (app_id, token hash): re-registering returns the same device_id and updates last_seen_at."""
@@ -46,6 +48,7 @@ def register_device(principal: Principal, body: dict, **_):
         platform=body["platform"],
         push_token=body["push_token"],
         allow_http_endpoints=_pushq().settings.allow_http_endpoints,
+        limiter=_pushq().registration_limiter,
     )
     return DeviceIdResponse().dump({"device_id": registration.device_id}), 201
 
@@ -65,52 +68,56 @@ def unregister_device(principal: Principal, _body, device_id: str):
     return {"status": "ok"}, 200
 
 
-def _create(principal: Principal, requests: list[sends.SendRequest]):
+def _create(principal: Principal, requests: list[sends.SendRequest]) -> tuple[list, dict[str, str]]:
+    """Create the notifications; returns their ids and the quota headers for the response."""
     pushq = _pushq()
-    return sends.create_notifications(
+    accepted = sends.create_notifications(
         db_session(),
         principal.app_id,
         requests,
         default_ttl=pushq.settings.default_ttl_seconds,
         enqueue=pushq.dispatcher.enqueue_fanout,
+        quota=pushq.quota,
     )
+    headers = accepted.quota.headers(utcnow()) if accepted.quota else {}
+    return accepted.notification_ids, headers
 
 
-_SEND_ERRORS = {400: "User not enrolled / Data payload too large / Invalid request"}
+_SEND_ERRORS = {400: "User not enrolled / Data payload too large / Invalid request", 429: "Daily quota exceeded"}
 
 
 @endpoint(
     bp, "/push/send", "POST", summary="Send a notification to every device of one user",
     auth="service", request_schema=SendRequest, responses={200: NotificationIdResponse},
-    errors=_SEND_ERRORS, tags=["send"],
+    errors=_SEND_ERRORS, tags=["send"], idempotent=True,
 )
 def send(principal: Principal, body: dict, **_):
     """The notification is stored, then fanned out by the workers to the user's active devices."""
-    (notification_id,) = _create(principal, [sends.SendRequest(**body)])
-    return NotificationIdResponse().dump({"notification_id": notification_id}), 200
+    (notification_id,), headers = _create(principal, [sends.SendRequest(**body)])
+    return NotificationIdResponse().dump({"notification_id": notification_id}), 200, headers
 
 
 @endpoint(
     bp, "/push/send/bulk", "POST", summary="Send the same notification to many users",
     auth="service", request_schema=BulkSendRequest, responses={200: NotificationIdsResponse},
-    errors=_SEND_ERRORS, tags=["send"],
+    errors=_SEND_ERRORS, tags=["send"], idempotent=True,
 )
 def send_bulk(principal: Principal, body: dict, **_):
     """One notification per user, ids in request order. All users must be enrolled, or nothing is sent."""
     common = {k: v for k, v in body.items() if k != "user_ids"}
-    ids = _create(principal, [sends.SendRequest(user_id=user_id, **common) for user_id in body["user_ids"]])
-    return NotificationIdsResponse().dump({"notification_ids": ids}), 200
+    ids, headers = _create(principal, [sends.SendRequest(user_id=user_id, **common) for user_id in body["user_ids"]])
+    return NotificationIdsResponse().dump({"notification_ids": ids}), 200, headers
 
 
 @endpoint(
     bp, "/push/send/batch", "POST", summary="Send different notifications in one call",
     auth="service", request_schema=BatchSendRequest, responses={200: NotificationIdsResponse},
-    errors=_SEND_ERRORS, tags=["send"],
+    errors=_SEND_ERRORS, tags=["send"], idempotent=True,
 )
 def send_batch(principal: Principal, body: dict, **_):
     """Ids in request order; all accepted or none."""
-    ids = _create(principal, [sends.SendRequest(**item) for item in body["notifications"]])
-    return NotificationIdsResponse().dump({"notification_ids": ids}), 200
+    ids, headers = _create(principal, [sends.SendRequest(**item) for item in body["notifications"]])
+    return NotificationIdsResponse().dump({"notification_ids": ids}), 200, headers
 
 
 @endpoint(

@@ -6,6 +6,7 @@ see README.md). ``pushq --help`` and ``pushq COMMAND --help`` describe each one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -16,24 +17,46 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import click
+from cryptography.fernet import Fernet
 from sqlalchemy.orm import Session
 
-from shared.config import Settings
+from shared import crypto
+from shared.config import ConfigError, Settings
 from shared.db import make_engine, make_session_factory, session_scope
 
 DEV_DIR = Path("var")
 DEV_SECRET_FILE = DEV_DIR / "jwt-dev-secret"
+DEV_ENCRYPTION_KEY_FILE = DEV_DIR / "encryption-key"
+DEV_TOKEN_HASH_KEY_FILE = DEV_DIR / "token-hash-key"
 
 
 def load_settings(**overrides) -> Settings:
-    """Settings from the environment; without JWT_SECRET (and no key) use a per-checkout dev secret."""
+    """Settings from the environment; what is not configured gets a per-checkout dev value from var/:
+    JWT_SECRET (unless a public key is set), PUSHQ_ENCRYPTION_KEYS and PUSHQ_TOKEN_HASH_KEY."""
     env = dict(os.environ)
     if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY") or env.get("JWT_JWKS_URL")):
         env["JWT_SECRET"] = dev_secret()
+    add_dev_keys(env)
     return Settings.from_env(env, **overrides)
+
+
+def configure_crypto(settings: Settings) -> None:
+    """Install the encryption keyring (secrets at rest) for this CLI process."""
+    try:
+        crypto.configure(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def add_dev_keys(env: dict[str, str]) -> None:
+    """Encryption and token hash keys for development, generated once per checkout in var/ (mode 0600)."""
+    if not env.get("PUSHQ_ENCRYPTION_KEYS"):
+        env["PUSHQ_ENCRYPTION_KEYS"] = _dev_key(DEV_ENCRYPTION_KEY_FILE, lambda: Fernet.generate_key().decode())
+    if not env.get("PUSHQ_TOKEN_HASH_KEY"):
+        env["PUSHQ_TOKEN_HASH_KEY"] = _dev_key(DEV_TOKEN_HASH_KEY_FILE, lambda: secrets.token_urlsafe(32))
 
 
 def dev_secret() -> str:
@@ -44,10 +67,26 @@ def dev_secret() -> str:
     return DEV_SECRET_FILE.read_text().strip()
 
 
+def _dev_key(path: Path, generate: Callable[[], str]) -> str:
+    DEV_DIR.mkdir(exist_ok=True)
+    try:
+        # Created 0600 from the start: never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as key_file:
+            key_file.write(generate())
+        click.echo(f"pushq: generated a development key in {path} (configure your own in production)", err=True)
+    return path.read_text().strip()
+
+
 @contextmanager
 def cli_session() -> Iterator[Session]:
     """One session for a CLI command, committed at the end."""
-    engine = make_engine(load_settings().database_url)
+    settings = load_settings()
+    configure_crypto(settings)
+    engine = make_engine(settings.database_url)
     try:
         with session_scope(make_session_factory(engine)) as session:
             yield session
@@ -88,6 +127,7 @@ def run(host: str, port: int, concurrency: int) -> None:
     """
     env = dict(os.environ)
     env.setdefault("JWT_SECRET", "" if (env.get("JWT_PUBLIC_KEY") or env.get("JWT_JWKS_URL")) else dev_secret())
+    add_dev_keys(env)  # the API and the workers must share them: passed through the environment
     # The demo's local push service speaks plain http on loopback.
     env.setdefault("PUSHQ_ALLOW_HTTP_ENDPOINTS", "1")
     embedded = None
@@ -96,6 +136,7 @@ def run(host: str, port: int, concurrency: int) -> None:
         env["REDIS_URL"] = f"redis://127.0.0.1:{embedded.port}/0"
         click.echo(f"pushq: embedded Redis on {env['REDIS_URL']} (set REDIS_URL to use your own)")
     settings = Settings.from_env(env)
+    configure_crypto(settings)  # refuse malformed keys here rather than in every child
     click.echo(f"pushq: database {settings.database_url}")
     migrate(settings.database_url)
     DEV_DIR.mkdir(exist_ok=True)
@@ -158,6 +199,37 @@ def migrate_command() -> None:
     settings = load_settings()
     migrate(settings.database_url)
     click.echo("migrated")
+
+
+@main.command("rotate-keys")
+@click.option("--batch-size", default=500, show_default=True, help="Rows re-encrypted per transaction.")
+def rotate_keys_command(batch_size: int) -> None:
+    """Re-encrypt every stored secret with the first key of PUSHQ_ENCRYPTION_KEYS.
+
+    Push tokens and vendor credentials (VAPID, APNs and FCM keys) are stored
+    encrypted with Fernet keys: the first key in PUSHQ_ENCRYPTION_KEYS encrypts,
+    every listed key decrypts. To rotate:
+
+    \b
+    1. Generate a key:
+       python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
+    2. Put it first and keep the old keys after it: PUSHQ_ENCRYPTION_KEYS=NEW,OLD.
+       Restart the API and the workers with it (new writes use NEW, old values still decrypt).
+    3. Run `pushq rotate-keys` with the same setting: every stored value is
+       re-encrypted with NEW, in batches, while the service keeps running.
+    4. Drop the old keys (PUSHQ_ENCRYPTION_KEYS=NEW) and restart.
+
+    Safe to run again: values already under the first key are skipped. It also
+    encrypts values stored before encryption at rest existed (run it once after
+    upgrading) and re-hashes device tokens with the current PUSHQ_TOKEN_HASH_KEY
+    (a device re-registered meanwhile keeps its new row, the stale one is disabled).
+    """
+    try:
+        with cli_session() as session:
+            report = crypto.rotate(session, batch_size=batch_size)
+    except crypto.UndecryptableValue as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(dataclasses.asdict(report), indent=2))
 
 
 @main.command("create-app")
@@ -258,6 +330,43 @@ def import_patients_command(app_id: uuid.UUID, csv_path: str, batch_size: int) -
     click.echo(f"imported {len(mappings)} mapping(s)")
 
 
+@main.command("create-client")
+@click.argument("app_id", type=click.UUID)
+@click.option("--scope", "scopes", multiple=True, default=["push:send"], show_default=True,
+              help="A scope the client may request; repeatable.")
+def create_client_command(app_id: uuid.UUID, scopes: tuple[str, ...]) -> None:
+    """Create an OAuth client of APP_ID for POST /oauth/token (client-credentials grant).
+
+    Prints the client_id and the client_secret. The secret is shown only this once:
+    pushq stores a salted hash of it.
+    """
+    from shared.errors import ServiceError
+    from shared.services.clients import create_client
+
+    try:
+        with cli_session() as session:
+            client_id, secret = create_client(session, app_id, scopes)
+    except (ServiceError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"client_id": client_id, "client_secret": secret, "scope": " ".join(dict.fromkeys(scopes))}))
+    click.echo("store the client_secret now: it cannot be shown again", err=True)
+
+
+@main.command("revoke-client")
+@click.argument("client_id")
+def revoke_client_command(client_id: str) -> None:
+    """Revoke an OAuth client: it gets no new tokens (tokens already issued run until they expire)."""
+    from shared.errors import ServiceError
+    from shared.services.clients import revoke_client
+
+    try:
+        with cli_session() as session:
+            revoke_client(session, client_id)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("revoked")
+
+
 @main.group()
 def token() -> None:
     """Mint development tokens signed with JWT_SECRET (or --private-key)."""
@@ -303,6 +412,7 @@ def demo(api_url: str, timeout: float) -> None:
     from shared.demo import run_demo
 
     settings = load_settings()
+    configure_crypto(settings)
     result = run_demo(settings, api_url, timeout)
     click.echo(json.dumps(result, indent=2))
     if result["notification"]["status"] != "delivered":

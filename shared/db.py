@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 
 _AFTER_COMMIT_KEY = "pushq_after_commit"
+_AFTER_ROLLBACK_KEY = "pushq_after_rollback"
 
 
 def make_engine(database_url: str, **kwargs: object) -> Engine:
@@ -53,8 +54,17 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
     session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
 
 
+def after_rollback(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` if the session's current transaction rolls back instead of committing.
+
+    Used to give back what was taken outside the database (a quota reservation).
+    """
+    session.info.setdefault(_AFTER_ROLLBACK_KEY, []).append(callback)
+
+
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_ROLLBACK_KEY, None)
     callbacks = session.info.pop(_AFTER_COMMIT_KEY, [])
     for callback in callbacks:
         try:
@@ -64,8 +74,13 @@ def _run_after_commit(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_rollback")
-def _drop_after_commit(session: Session) -> None:
+def _run_after_rollback(session: Session) -> None:
     session.info.pop(_AFTER_COMMIT_KEY, None)
+    for callback in session.info.pop(_AFTER_ROLLBACK_KEY, []):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - never mask the error that caused the rollback
+            log.exception("after-rollback callback failed")
 
 
 @contextmanager

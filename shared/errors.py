@@ -15,10 +15,11 @@ class ServiceError(Exception):
     code = "bad_request"
     message = "Bad request"
 
-    def __init__(self, message: str | None = None, **details: Any) -> None:
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None, **details: Any) -> None:
         super().__init__(message or self.message)
         if message is not None:
             self.message = message
+        self.headers = headers or {}
         self.details = details
 
 

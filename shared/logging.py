@@ -14,3 +14,8 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # These log request paths and header values (device tokens, provider JWTs) at DEBUG:
+    # keep them at INFO or quieter whatever the service's level.
+    floor = max(logging.getLevelName(level.upper()), logging.INFO)
+    for name in ("hpack", "h2", "urllib3", "httpcore", "httpx"):
+        logging.getLogger(name).setLevel(floor)

@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from shared.crypto import EncryptedText
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -111,16 +113,16 @@ class App(Base):
     name: Mapped[str] = mapped_column(String(200))
     # Web Push VAPID key pair: private key as PEM, public key as the b64url
     # uncompressed point that browsers take as applicationServerKey.
-    vapid_private_key: Mapped[str] = mapped_column(Text)
+    vapid_private_key: Mapped[str] = mapped_column(EncryptedText)  # encrypted at rest (shared.crypto)
     vapid_public_key: Mapped[str] = mapped_column(String(100))
     vapid_subject: Mapped[str] = mapped_column(String(255))
     apns_team_id: Mapped[str | None] = mapped_column(String(20))
     apns_key_id: Mapped[str | None] = mapped_column(String(20))
-    apns_private_key: Mapped[str | None] = mapped_column(Text)
+    apns_private_key: Mapped[str | None] = mapped_column(EncryptedText)
     apns_bundle_id: Mapped[str | None] = mapped_column(String(255))
     apns_use_sandbox: Mapped[bool] = mapped_column(Boolean, default=False)
     fcm_project_id: Mapped[str | None] = mapped_column(String(255))
-    fcm_service_account: Mapped[str | None] = mapped_column(Text)
+    fcm_service_account: Mapped[str | None] = mapped_column(EncryptedText)
     # Notifications per UTC day (one per target user); None: PUSHQ_DEFAULT_DAILY_QUOTA.
     daily_quota: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -193,8 +195,8 @@ class Device(Base):
     app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     platform: Mapped[str] = mapped_column(String(16))
-    token: Mapped[str] = mapped_column(Text)
-    token_hash: Mapped[str] = mapped_column(String(64))
+    token: Mapped[str] = mapped_column(EncryptedText)  # encrypted at rest (shared.crypto)
+    token_hash: Mapped[str] = mapped_column(String(64))  # HMAC with PUSHQ_TOKEN_HASH_KEY: the lookup key
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[datetime | None] = mapped_column()

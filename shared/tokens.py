@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared import crypto
 from shared.errors import InvalidPushToken
 from shared.models import Platform
 
@@ -28,21 +28,23 @@ def canonical_token(platform: str, push_token: str, *, allow_http: bool = False)
 
     For Web Push the token is the browser's PushSubscription JSON and the hash is
     taken over the endpoint alone: the endpoint names the subscription, so a
-    re-registration with refreshed keys updates the same device.
+    re-registration with refreshed keys updates the same device. The hash is the
+    HMAC with PUSHQ_TOKEN_HASH_KEY (:func:`shared.crypto.token_hash`): the token
+    itself is only ever stored encrypted.
     """
     if platform == Platform.WEB.value:
         subscription = parse_subscription(push_token, allow_http=allow_http)
         canonical = json.dumps(subscription, separators=(",", ":"), sort_keys=True)
-        return canonical, _sha256(subscription["endpoint"])
+        return canonical, crypto.token_hash(subscription["endpoint"])
     if platform == Platform.IOS.value:
         if not _HEX.fullmatch(push_token):
             raise InvalidPushToken(reason="an APNs device token is 64 or more hex characters")
         token = push_token.lower()
-        return token, _sha256(token)
+        return token, crypto.token_hash(token)
     if platform == Platform.ANDROID.value:
         if not _FCM.fullmatch(push_token):
             raise InvalidPushToken(reason="not an FCM registration token")
-        return push_token, _sha256(push_token)
+        return push_token, crypto.token_hash(push_token)
     raise InvalidPushToken(reason=f"unknown platform {platform!r}")
 
 
@@ -73,5 +75,8 @@ def parse_subscription(push_token: str, *, allow_http: bool = False) -> dict[str
     return {"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}
 
 
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+def device_token_hash(platform: str, token: str) -> str:
+    """The hash of a stored (canonical) token, as :func:`canonical_token` computes it."""
+    if platform == Platform.WEB.value:
+        return crypto.token_hash(json.loads(token)["endpoint"])
+    return crypto.token_hash(token)

@@ -26,10 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import pytest
 import redis
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from werkzeug.serving import make_server
 
 from api.app import create_app
 from api.auth import mint_token
+from shared import crypto
 from shared.cli import migrate
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
@@ -63,12 +65,19 @@ TEST_ENV = {
     "PUSHQ_VENDOR_READ_TIMEOUT": "3",
     "PUSHQ_LOG_LEVEL": "INFO",
     "PUSHQ_FANOUT_WAIT_SECONDS": "1",
+    # Secrets at rest: fixed test keys (a Fernet key, and an HMAC key of 32+ bytes).
+    "PUSHQ_ENCRYPTION_KEYS": "udalwLV3Xwyir7WlZRUceIgPv7dzPe1gowd4EZC3FAM=",
+    "PUSHQ_TOKEN_HASH_KEY": "test-token-hash-key-not-for-production-0123456789",
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def settings() -> Settings:
-    return Settings.from_env(TEST_ENV)
+    """The test settings; also installs the encryption keyring in this process (every test, as
+    anything touching a device token or app credentials encrypts, decrypts or hashes)."""
+    settings = Settings.from_env(TEST_ENV)
+    crypto.configure(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")
@@ -101,15 +110,29 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
+def truncate_all(engine, attempts: int = 10) -> None:
+    """Empty every table. The worker may still be finishing the previous test's tasks
+    (or the scheduler sweeping), so a deadlock with it is retried rather than failed."""
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as connection:
+                connection.execute(text("SET LOCAL lock_timeout = '5s'"))
+                connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+            return
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(autouse=True)
 def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     """Truncate every table (and empty the test Redis db) before each test that uses them."""
-    if "engine" in request.fixturenames or "api" in request.fixturenames or "client" in request.fixturenames:
-        engine = request.getfixturevalue("engine")
-        tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-        with engine.begin() as connection:
-            connection.execute(text(f"TRUNCATE {tables} CASCADE"))
-    if "redis_client" in request.fixturenames or "worker" in request.fixturenames:
+    uses_state = {"engine", "api", "client", "redis_client", "worker"} & set(request.fixturenames)
+    if uses_state:
+        truncate_all(request.getfixturevalue("engine"))
+        # Quota counters, rate-limit windows and leftover tasks of the previous test.
         request.getfixturevalue("redis_client").flushdb()
     yield
 

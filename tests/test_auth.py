@@ -356,3 +356,45 @@ def test_rs256_token_with_wrong_issuer_is_refused(rsa_keys, rsa_settings):
     token = mint_token(rsa_settings, subject=str(uuid.uuid4()), private_key=private_pem, extra={"iss": "pushq"})
     with pytest.raises(AuthError):
         TokenVerifier(rsa_settings).verify(f"Bearer {token}")
+
+
+def test_es256_token_against_an_rsa_public_key_is_refused(rsa_settings):
+    """ES256 allowed, but the configured key is RSA: the key's type must fit the token's alg."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    settings = rsa_settings.replace(jwt_algorithms=("RS256", "ES256"))
+    token = mint_token(settings, subject=str(uuid.uuid4()), algorithm="ES256",
+                       private_key=ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(AuthError):
+        TokenVerifier(settings).verify(f"Bearer {token}")
+
+
+@pytest.mark.parametrize("header", [{"alg": "HS512"}, {"alg": "none"}, {"typ": "JWT"}, {"alg": ["HS256"]}])
+def test_header_alg_outside_the_allowlist_is_refused(settings, header):
+    token = hand_signed(header, service_claims(settings, uuid.uuid4()), SECRET.encode())
+    with pytest.raises(AuthError, match="not allowed"):
+        TokenVerifier(settings).verify(f"Bearer {token}")
+
+
+def test_verifier_refuses_unknown_algorithms_and_wild_leeway(rsa_keys):
+    _, public_pem = rsa_keys
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings.from_env({"JWT_ALGORITHMS": "RS265", "JWT_PUBLIC_KEY": public_pem}))
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings.from_env({"JWT_SECRET": SECRET, "JWT_LEEWAY_SECONDS": "3600"}))
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings.from_env({"JWT_SECRET": SECRET, "JWT_LEEWAY_SECONDS": "-1"}))
+
+
+def test_verifier_refuses_a_public_key_no_allowed_algorithm_fits(rsa_keys):
+    _, public_pem = rsa_keys
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings.from_env({"JWT_ALGORITHMS": "ES256", "JWT_PUBLIC_KEY": public_pem}))
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings.from_env({"JWT_ALGORITHMS": "RS256", "JWT_PUBLIC_KEY": "not a key"}))
+
+
+def test_verifier_validates_settings_built_without_from_env():
+    """Settings(...) skips validate(); the verifier runs it, so 'none' cannot sneak in."""
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings(jwt_secret=SECRET, jwt_algorithms=("HS256", "none")))

@@ -42,7 +42,7 @@ def notification_with_devices(tenant, session_factory):
             register_device(session, app_id=tenant.id, user_id=user, platform="ios", push_token=ios_token())
         (notification_id,) = create_notifications(
             session, tenant.id, [SendRequest(user_id=user, title="t", body="b", ttl=600)], default_ttl=600, enqueue=lambda ids: None
-        )
+        ).notification_ids
     with session_scope(session_factory) as session:
         groups = fan_out(session, notification_id, utcnow(), {"ios"})
     return notification_id, groups["ios"]
@@ -135,7 +135,7 @@ def test_stale_queued_notifications_are_found(tenant, session_factory):
     with session_scope(session_factory) as session:
         (notification_id,) = create_notifications(
             session, tenant.id, [SendRequest(user_id=user, title="t", body="b")], default_ttl=600, enqueue=lambda ids: None
-        )
+        ).notification_ids
     with session_scope(session_factory) as session:
         assert stale_queued_notifications(session, utcnow(), 60) == []
         assert stale_queued_notifications(session, utcnow() + timedelta(seconds=61), 60) == [notification_id]

@@ -97,7 +97,7 @@ def test_a_lost_enqueue_is_picked_up_by_the_sweeper(api, worker, tenant, push_se
         (notification_id,) = create_notifications(
             session, tenant.id, [SendRequest(user_id=user, title="lost", body="b")],
             default_ttl=600, enqueue=lost.extend,  # "enqueued" nowhere
-        )
+        ).notification_ids
     assert lost == [notification_id]
     notification = final_notification(api, tenant, str(notification_id))
     assert notification["status"] == "delivered"

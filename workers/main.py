@@ -6,6 +6,7 @@ the environment's settings.
 
 from celery.signals import worker_process_shutdown
 
+from shared import crypto
 from shared.config import Settings
 from shared.logging import configure_logging
 from workers.celery_app import make_celery
@@ -13,6 +14,7 @@ from workers.runtime import close_runtimes
 
 settings = Settings.from_env()
 configure_logging(settings.log_level)
+crypto.configure(settings)  # fail at boot, not at the first task, when keys are missing
 app = make_celery(settings)
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 

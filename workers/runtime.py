@@ -13,6 +13,7 @@ from functools import cached_property
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import crypto
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.delivery import RetryPolicy
@@ -27,6 +28,8 @@ class WorkerRuntime:
     def __init__(self, celery: Celery, settings: Settings) -> None:
         self.celery = celery
         self.settings = settings
+        # Before any session: device tokens and app credentials are decrypted on load.
+        crypto.configure(settings)
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:

@@ -22,6 +22,7 @@ from shared.delivery import (
     stale_queued_notifications,
 )
 from shared.models import App, utcnow
+from shared.services import idempotency
 from workers.adapters.base import AppCredentials
 from workers.celery_app import DELIVER_TASK, FANOUT_TASK, SWEEP_TASK
 from workers.runtime import runtime
@@ -64,13 +65,14 @@ def deliver(self, platform: str, delivery_ids: list[str]) -> None:
 
 @shared_task(name=SWEEP_TASK, bind=True)
 def sweep(self) -> None:
-    """Re-enqueue what was accepted but never picked up, and retries that are due."""
+    """Re-enqueue what was accepted but never picked up and retries that are due; drop expired idempotency keys."""
     rt = runtime(self.app)
     s = rt.settings
     with session_scope(rt.session_factory) as session:
         now = utcnow()
         notifications = stale_queued_notifications(session, now, s.sweep_after_seconds)
         groups = release_due_deliveries(session, now, s.sweep_after_seconds, s.claim_lease_seconds)
+        idempotency.purge_expired(session, now, s.idempotency_ttl_seconds)
         after_commit(session, lambda: rt.dispatcher.enqueue_fanout(notifications))
         for platform, delivery_ids in groups.items():
             after_commit(session, lambda p=platform, ids=delivery_ids: rt.dispatcher.enqueue_deliveries(p, ids))

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from shared.db_upsert import dialect_insert
 from shared.errors import DeviceNotFound
+from shared.guards import RegistrationLimiter
 from shared.models import Device, utcnow
 from shared.services.apps import get_app
 from shared.tokens import canonical_token
@@ -31,6 +32,7 @@ def register_device(
     platform: str,
     push_token: str,
     allow_http_endpoints: bool = False,
+    limiter: RegistrationLimiter | None = None,
 ) -> Registration:
     """Register (or refresh) a device; deduplicated on (app_id, token_hash).
 
@@ -42,6 +44,8 @@ def register_device(
     get_app(session, app_id)
     token, token_hash = canonical_token(platform, push_token, allow_http=allow_http_endpoints)
     now = utcnow()
+    if limiter is not None:
+        limiter.hit(user_id, now)  # re-registering counts too
     new_id = uuid.uuid4()
     insert = dialect_insert(session, Device).values(
         id=new_id,

@@ -15,6 +15,7 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.guards import QuotaDecision, QuotaPolicy
 from shared.models import Delivery, DeliveryStatus, Device, Platform
 from shared.services.patients import resolve_person
 from shared.services.sends import Enqueue, SendRequest, create_notifications
@@ -29,6 +30,7 @@ class StartedSend:
     patient_id: uuid.UUID
     person_id: uuid.UUID
     subscription_ids: list[uuid.UUID]
+    quota: QuotaDecision | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ def start_patient_send(
     url: str | None,
     default_ttl: int,
     enqueue: Enqueue,
+    quota: QuotaPolicy | None = None,
 ) -> StartedSend:
     """Resolve the patient, create a web-only notification for its person, enqueue after commit."""
     person_id = resolve_person(session, app_id, patient_id)
@@ -63,15 +66,17 @@ def start_patient_send(
             .order_by(Device.created_at, Device.id)
         )
     )
-    (notification_id,) = create_notifications(
+    accepted = create_notifications(
         session,
         app_id,
         [SendRequest(user_id=person_id, title=title, body=body, url=url, platform=Platform.WEB.value)],
         default_ttl=default_ttl,
         enqueue=enqueue,
         require_enrollment=False,  # the identity mapping is what authorizes this send
+        quota=quota,
     )
-    return StartedSend(notification_id, patient_id, person_id, subscription_ids)
+    (notification_id,) = accepted.notification_ids
+    return StartedSend(notification_id, patient_id, person_id, subscription_ids, accepted.quota)
 
 
 def first_attempt_results(session: Session, started: StartedSend) -> list[SubscriptionResult]:

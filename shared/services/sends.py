@@ -10,9 +10,10 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy.orm import Session
 
-from shared.db import after_commit
+from shared.db import after_commit, after_rollback
 from shared.errors import DataTooLarge, UserNotEnrolled
-from shared.models import Notification, NotificationStatus, utcnow
+from shared.guards import QuotaDecision, QuotaPolicy
+from shared.models import App, Notification, NotificationStatus, utcnow
 from shared.services.enrollments import not_enrolled
 
 MAX_DATA_BYTES = 4096
@@ -39,6 +40,12 @@ class SendRequest:
     platform: str | None = None  # restrict the fan-out to one platform
 
 
+@dataclass(frozen=True)
+class Accepted:
+    notification_ids: list[uuid.UUID]
+    quota: QuotaDecision | None = None
+
+
 def data_size(data: dict[str, Any]) -> int:
     """Bytes of ``data`` as sent: compact UTF-8 JSON, multibyte text counted in bytes."""
     return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
@@ -52,11 +59,14 @@ def create_notifications(
     default_ttl: int,
     enqueue: Enqueue,
     require_enrollment: bool = True,
-) -> list[uuid.UUID]:
+    quota: QuotaPolicy | None = None,
+) -> Accepted:
     """Create one notification per request and enqueue their fan-out once committed.
 
-    Either every request is accepted or none is: one user not enrolled, or one
-    data payload too large, refuses the whole call.
+    Either every request is accepted or none is: one user not enrolled, one
+    data payload too large, or a daily quota too small for all of them refuses
+    the whole call. The quota is taken only once everything else is valid and
+    given back if the transaction does not commit.
     """
     for request in requests:
         if data_size(request.data) > MAX_DATA_BYTES:
@@ -65,6 +75,12 @@ def create_notifications(
     if missing:
         raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
     now = utcnow()
+    decision = None
+    if quota is not None:
+        app = session.get(App, app_id)
+        limit = app.daily_quota if app is not None and app.daily_quota is not None else quota.default_limit
+        decision = quota.counter.reserve(app_id, len(requests), limit, now)
+        after_rollback(session, lambda: quota.counter.refund(app_id, len(requests), now))
     notifications = []
     for request in requests:
         ttl = default_ttl if request.ttl is None else request.ttl
@@ -93,4 +109,4 @@ def create_notifications(
     session.flush()
     ids = [notification.id for notification in notifications]
     after_commit(session, lambda: enqueue(ids))
-    return ids
+    return Accepted(ids, decision)

@@ -1,0 +1,135 @@
+"""Redis-backed guards shared by every API process: the daily quota and the registration rate limit.
+
+Both are single Lua scripts, so each check-and-count is atomic in Redis and
+exact however many API processes run at once.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import redis
+
+from shared.errors import ServiceError
+
+_RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local wanted = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+if used + wanted > limit then
+  return {0, used}
+end
+used = redis.call('INCRBY', KEYS[1], wanted)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1, used}
+"""
+
+_REFUND = """
+local left = redis.call('DECRBY', KEYS[1], ARGV[1])
+if left < 0 then redis.call('SET', KEYS[1], 0, 'KEEPTTL') end
+return left
+"""
+
+_SLIDING_WINDOW = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, count, tonumber(oldest[2])}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], window)
+return {1, count + 1, 0}
+"""
+
+
+class QuotaExceeded(ServiceError):
+    status, code, message = 429, "daily_quota_exceeded", "Daily quota exceeded"
+
+
+class RateLimited(ServiceError):
+    status, code, message = 429, "rate_limited", "Too many registrations, try again later"
+
+
+@dataclass(frozen=True)
+class QuotaDecision:
+    limit: int
+    used: int
+    reset_at: datetime  # the next UTC midnight
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+    def headers(self, now: datetime) -> dict[str, str]:
+        return {
+            "X-Quota-Limit": str(self.limit),
+            "X-Quota-Remaining": str(self.remaining),
+            "X-Quota-Reset": str(seconds_until(self.reset_at, now)),
+        }
+
+
+def next_utc_midnight(now: datetime) -> datetime:
+    day = now.astimezone(timezone.utc).date() + timedelta(days=1)
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def seconds_until(moment: datetime, now: datetime) -> int:
+    return max(math.ceil((moment - now).total_seconds()), 1)
+
+
+class DailyQuota:
+    """Notifications per app per UTC day, counted in Redis (one key per app and day)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._reserve = client.register_script(_RESERVE)
+        self._refund = client.register_script(_REFUND)
+
+    @staticmethod
+    def _key(app_id: uuid.UUID, now: datetime) -> str:
+        return f"pushq:quota:{app_id}:{now.astimezone(timezone.utc):%Y-%m-%d}"
+
+    def reserve(self, app_id: uuid.UUID, count: int, limit: int, now: datetime) -> QuotaDecision:
+        """Take ``count`` from today's quota, all or nothing; raise QuotaExceeded otherwise."""
+        reset_at = next_utc_midnight(now)
+        allowed, used = self._reserve(keys=[self._key(app_id, now)], args=[count, limit, 2 * 86_400])
+        decision = QuotaDecision(limit=limit, used=int(used), reset_at=reset_at)
+        if not allowed:
+            raise QuotaExceeded(headers={"Retry-After": str(seconds_until(reset_at, now)), **decision.headers(now)})
+        return decision
+
+    def refund(self, app_id: uuid.UUID, count: int, now: datetime) -> None:
+        """Give back a reservation whose request did not commit."""
+        self._refund(keys=[self._key(app_id, now)], args=[count])
+
+
+@dataclass(frozen=True)
+class QuotaPolicy:
+    """The counter and the limit for apps without one of their own."""
+
+    counter: DailyQuota
+    default_limit: int
+
+
+class RegistrationLimiter:
+    """At most ``limit`` registrations per user in any sliding ``window_seconds``."""
+
+    def __init__(self, client: redis.Redis, limit: int, window_seconds: int) -> None:
+        self._script = client.register_script(_SLIDING_WINDOW)
+        self.limit = limit
+        self.window_ms = window_seconds * 1000
+
+    def hit(self, user_id: uuid.UUID, now: datetime) -> None:
+        now_ms = int(now.timestamp() * 1000)
+        allowed, _count, oldest = self._script(
+            keys=[f"pushq:registrations:{user_id}"], args=[now_ms, self.window_ms, self.limit, uuid.uuid4().hex]
+        )
+        if not allowed:
+            retry_after = max(math.ceil((int(oldest) + self.window_ms - now_ms) / 1000), 1)
+            raise RateLimited(headers={"Retry-After": str(retry_after)})

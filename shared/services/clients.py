@@ -1,0 +1,148 @@
+"""OAuth clients of an app, for the client-credentials grant at ``POST /oauth/token``.
+
+A client's secret is random (``secrets.token_urlsafe(32)``: 256 bits), shown
+once when the client is created and stored only as a salted scrypt hash
+``scrypt$N$r$p$salt$hash`` (salt and hash base64url): a leaked database does
+not leak working credentials, and the parameters travel with each hash so they
+can be raised later without breaking stored ones. Checking a secret compares
+in constant time and costs the same whether or not the client exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import uuid
+from typing import Iterable
+
+from sqlalchemy.orm import Session
+
+from shared.errors import ServiceError
+from shared.models import OAuthClient, utcnow
+from shared.services.apps import get_app
+
+log = logging.getLogger(__name__)
+
+# scrypt cost: N=2^14, r=8, p=1 (16 MiB, tens of milliseconds): the interactive-login
+# parameters of the scrypt paper, ample for 256-bit random secrets.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+SALT_BYTES, HASH_BYTES = 16, 32
+CLIENT_ID_PREFIX = "pqc_"
+MAX_SECRET_CHARS = 512
+MAX_SCOPES_CHARS = 255  # the column's size
+
+# RFC 6749 appendix A.1: client_id = *VSCHAR (%x20-7E); the column holds 64. Anything else is no client of
+# ours and never reaches the database (a NUL byte, say, is an error there rather than a miss).
+_CLIENT_ID = re.compile(r"[\x20-\x7E]{1,64}")
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+
+
+class InvalidClient(ServiceError):
+    status, code, message = 401, "invalid_client", "Client authentication failed"
+
+
+class ClientNotFound(ServiceError):
+    status, code, message = 404, "client_not_found", "Client not found"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=length,
+                          maxmem=128 * r * (n + p + 2) + 1024 * 1024)
+
+
+def hash_secret(secret: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    """``scrypt$N$r$p$salt$hash`` with a fresh random salt."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(_scrypt(secret, salt, n, r, p, HASH_BYTES))}"
+
+
+def verify_secret(secret: str, encoded: str) -> bool:
+    """Whether ``secret`` matches ``encoded`` (constant-time comparison); False for a malformed hash."""
+    try:
+        scheme, n_text, r_text, p_text, salt_text, hash_text = encoded.split("$")
+        n, r, p = int(n_text), int(r_text), int(p_text)
+        salt, expected = _unb64(salt_text), _unb64(hash_text)
+    except ValueError:
+        log.error("malformed client secret hash")
+        return False
+    # Bounds keep a tampered row from turning one request into gigabytes or minutes of work.
+    if scheme != "scrypt" or not (2**10 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16) \
+            or not 16 <= len(expected) <= 64:
+        log.error("client secret hash with unsupported parameters")
+        return False
+    return hmac.compare_digest(_scrypt(secret, salt, n, r, p, len(expected)), expected)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the client does not exist, so that costs what a real check costs."""
+    return hash_secret(secrets.token_urlsafe(32))
+
+
+def normalize_scopes(scopes: Iterable[str]) -> list[str]:
+    """Scope tokens in first-seen order without repeats; ValueError for an empty list or a malformed token."""
+    result: list[str] = []
+    for scope in scopes:
+        if not isinstance(scope, str) or not _SCOPE_TOKEN.fullmatch(scope):
+            raise ValueError(f"invalid scope {scope!r}: scope tokens are printable ASCII without spaces, '\"' or '\\'")
+        if scope not in result:
+            result.append(scope)
+    if not result:
+        raise ValueError("a client needs at least one scope")
+    if len(" ".join(result)) > MAX_SCOPES_CHARS:
+        raise ValueError(f"scopes are limited to {MAX_SCOPES_CHARS} characters in all")
+    return result
+
+
+def create_client(session: Session, app_id: uuid.UUID, scopes: Iterable[str]) -> tuple[str, str]:
+    """Create a client for ``app_id``; returns ``(client_id, secret)``. The secret is not stored and cannot be shown again."""
+    get_app(session, app_id)
+    granted = normalize_scopes(scopes)
+    client_id = CLIENT_ID_PREFIX + secrets.token_urlsafe(18)
+    secret = secrets.token_urlsafe(32)
+    session.add(OAuthClient(client_id=client_id, app_id=app_id, secret_hash=hash_secret(secret),
+                            scopes=" ".join(granted)))
+    session.flush()
+    return client_id, secret
+
+
+def authenticate(session: Session, client_id: str, secret: str) -> OAuthClient:
+    """The active client with this id and secret; :class:`InvalidClient` otherwise (unknown, wrong secret, revoked)."""
+    client = None
+    if isinstance(client_id, str) and _CLIENT_ID.fullmatch(client_id):
+        client = session.get(OAuthClient, client_id)
+    if not isinstance(secret, str) or len(secret) > MAX_SECRET_CHARS:
+        raise InvalidClient()
+    matches = verify_secret(secret, client.secret_hash if client is not None else _dummy_hash())
+    if client is None or not matches or client.revoked_at is not None:
+        raise InvalidClient()
+    return client
+
+
+def revoke_client(session: Session, client_id: str) -> OAuthClient:
+    """Stop the client from getting new tokens (tokens already issued run until their ``exp``)."""
+    client = session.get(OAuthClient, client_id) if _CLIENT_ID.fullmatch(client_id) else None
+    if client is None:
+        raise ClientNotFound()
+    if client.revoked_at is None:
+        client.revoked_at = utcnow()
+        session.flush()
+    return client
+
+
+def client_scopes(client: OAuthClient) -> list[str]:
+    return client.scopes.split()
