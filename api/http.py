@@ -9,6 +9,7 @@ routes.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class EndpointSpec:
     description: str = ""
     tags: list[str] = field(default_factory=list)
     idempotent: bool = False
+    openapi: dict[str, Any] = field(default_factory=dict)  # merged into the operation (e.g. a form body)
 
 
 ENDPOINTS: list[EndpointSpec] = []
@@ -81,6 +83,7 @@ def endpoint(
     errors: dict[int, str] | None = None,
     tags: list[str] | None = None,
     idempotent: bool = False,
+    openapi: dict[str, Any] | None = None,
 ) -> Callable:
     """Register a view on ``bp`` with its auth rule and its OpenAPI description.
 
@@ -104,6 +107,7 @@ def endpoint(
                 rule=rule, method=method, summary=summary, auth=auth, request_schema=request_schema,
                 query_schema=query_schema, responses=responses, errors=all_errors, view_name=view.__name__,
                 description=(view.__doc__ or "").strip(), tags=tags or [], idempotent=idempotent,
+                openapi=openapi or {},
             )
         )
 
@@ -180,6 +184,10 @@ def json_body() -> Any:
         raise ApiError(400, "malformed_json", "Request body is not valid JSON")
     if not isinstance(body, dict):
         raise ApiError(400, "validation_error", "Invalid request", fields={"_schema": ["Expected a JSON object."]})
+    try:  # JSON may escape lone surrogates ("\ud800") that no UTF-8 store can hold
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "malformed_json", "Request body is not valid JSON") from None
     return body
 
 
@@ -242,7 +250,11 @@ def register_error_handlers(app) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
+        for name, value in exc.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -53,8 +53,6 @@ class TokenRequestForm(Schema):
 # The request as OpenAPI describes it. api/openapi.py documents JSON bodies and bearer tokens only, so until it
 # takes these the operation's description carries the form body and the client authentication in prose.
 OPENAPI_REQUEST_BODY = {"required": True, "content": {FORM_MIMETYPE: {"schema": TokenRequestForm}}}
-OPENAPI_SECURITY_SCHEME = ("clientBasic", {"type": "http", "scheme": "basic",
-                                           "description": "OAuth client id and secret (RFC 6749 section 2.3.1)."})
 
 
 class OAuthError(Exception):
@@ -106,6 +104,7 @@ def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> Res
         404: "The built-in token endpoint is disabled (token_endpoint_disabled)",
     },
     tags=["oauth"],
+    openapi={"requestBody": OPENAPI_REQUEST_BODY, "security": [{"clientBasic": []}, {}]},
 )
 @_dedent_doc
 def issue_token(_principal, _body, **_):
@@ -118,7 +117,7 @@ def issue_token(_principal, _body, **_):
     carries `Cache-Control: no-store`; the token is a service JWT for the client's app (`sub` = client id,
     `app_id`, `scope`), valid for `PUSHQ_TOKEN_LIFETIME_SECONDS`. Errors follow RFC 6749 section 5.2:
     `error` is the OAuth error code, `message` describes it. Answers 404 `token_endpoint_disabled` when
-    pushq has no key to sign with (JWKS deployments without `PUSHQ_TOKEN_SIGNING_KEY`).
+    pushq has no key to sign with (RS*/ES* deployments without `PUSHQ_TOKEN_SIGNING_KEY`).
     """
     issuer = _issuer()
     if not issuer.enabled:

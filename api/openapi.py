@@ -17,6 +17,7 @@ from flask import Blueprint
 
 from api.http import ENDPOINTS, EndpointSpec
 from api.schemas import ErrorSchema, ValidationErrorSchema
+from shared.guards import QuotaExceeded
 
 bp = Blueprint("openapi", __name__)
 
@@ -30,7 +31,41 @@ def _implicit_errors(spec: EndpointSpec) -> dict[int, str]:
     if "{" in spec.rule:
         # parse_id turns a malformed id into the object's "not found"; an id with a "/" matches no route.
         errors[404] = "Not found (also when an id is not a UUID)"
+    if spec.request_schema is not None:
+        # Werkzeug refuses a body over MAX_CONTENT_LENGTH when the view reads it.
+        errors[413] = "Request body larger than PUSHQ_MAX_BODY_BYTES"
     return errors
+
+
+# Response headers, by where the app sets them: every 429 says when to come back (shared.guards); a replayed
+# idempotent request says so (api.http._idempotent_call); an operation that takes from the daily quota (the
+# ones documenting its 429) reports the quota on its answers (QuotaDecision.headers), except on replays.
+_RETRY_AFTER = {
+    "description": "Seconds until the request may succeed.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_REPLAYED = {
+    "description": "Present on a replay: the stored response to an earlier request with the same Idempotency-Key.",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
+
+def _quota_headers(required: bool) -> dict[str, Any]:
+    headers = {
+        "X-Quota-Limit": ("Notifications the app may send per UTC day.", 0),
+        "X-Quota-Remaining": ("Notifications left today.", 0),
+        "X-Quota-Reset": ("Seconds until the quota resets (the next UTC midnight).", 1),
+    }
+    return {
+        name: {"description": description, **({"required": True} if required else {}),
+               "schema": {"type": "integer", "minimum": minimum}}
+        for name, (description, minimum) in headers.items()
+    }
+
+
+def _uses_quota(spec: EndpointSpec) -> bool:
+    return spec.errors.get(429) == QuotaExceeded.message
 
 
 def _operation(spec: EndpointSpec) -> dict[str, Any]:
@@ -39,9 +74,17 @@ def _operation(spec: EndpointSpec) -> dict[str, Any]:
         responses[str(status)] = {"description": "Success"}
         if schema is not None:
             responses[str(status)]["content"] = {"application/json": {"schema": schema}}
+        headers = {**(_quota_headers(required=False) if _uses_quota(spec) else {}),
+                   **({"Idempotent-Replayed": _REPLAYED} if spec.idempotent else {})}
+        if headers:
+            responses[str(status)]["headers"] = headers
     for status, description in sorted({**_implicit_errors(spec), **spec.errors}.items()):
         error_schema = ValidationErrorSchema if status == 400 else ErrorSchema
         responses[str(status)] = {"description": description, "content": {"application/json": {"schema": error_schema}}}
+        if status == 429:
+            responses[str(status)]["headers"] = {
+                "Retry-After": _RETRY_AFTER, **(_quota_headers(required=True) if _uses_quota(spec) else {})
+            }
     operation: dict[str, Any] = {
         "operationId": spec.view_name,
         "summary": spec.summary,
@@ -70,6 +113,7 @@ def _operation(spec: EndpointSpec) -> dict[str, Any]:
         operation["parameters"] = parameters
     if spec.request_schema is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": spec.request_schema}}}
+    operation.update(spec.openapi)
     return operation
 
 
@@ -86,6 +130,10 @@ def build_spec() -> dict[str, Any]:
         "serviceToken",
         {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
          "description": "Service JWT from a client-credentials grant: claims app_id and scope (push:send)."},
+    )
+    spec.components.security_scheme(
+        "clientBasic", {"type": "http", "scheme": "basic",
+                        "description": "OAuth client id and secret (RFC 6749 section 2.3.1), for POST /oauth/token."},
     )
     spec.components.security_scheme(
         "userToken", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "User JWT: sub is the user id."}

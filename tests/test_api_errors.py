@@ -561,3 +561,18 @@ def test_batch_returns_ids_in_request_order(client, tenant):
         assert notification["title"] == f"title {n}"
         assert notification["ttl"] == 60 + n
         assert notification["app_id"] == str(tenant.id)
+
+
+def test_a_wrong_method_is_405_with_allow(client, tenant):
+    response = client.put("/push/send", json={}, headers=tenant.service_headers())
+    assert response.status_code == 405
+    assert response.get_json()["error"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+
+
+def test_a_lone_surrogate_is_a_malformed_body_not_a_server_error(client, tenant):
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    raw = '{"user_id": "%s", "title": "a\\ud800", "body": "b"}' % user
+    response = client.post("/push/send", data=raw, content_type="application/json", headers=tenant.service_headers())
+    assert (response.status_code, response.get_json()["error"]) == (400, "malformed_json")
