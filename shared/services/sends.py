@@ -17,6 +17,11 @@ from shared.models import App, Notification, NotificationStatus, utcnow
 from shared.services.enrollments import not_enrolled
 
 MAX_DATA_BYTES = 4096
+# The tightest vendor limit: Web Push's 4096-byte encrypted body leaves 3993 bytes of
+# plaintext. Title, data and url are never cut, so they must leave room for at least
+# an ellipsis of body; otherwise no vendor could ever carry the message.
+MAX_PUSH_PLAINTEXT_BYTES = 3993
+_ELLIPSIS_BYTES = len("…".encode())
 MAX_TITLE_CHARS = 256
 MAX_BODY_CHARS = 4096
 MAX_RECIPIENTS = 500
@@ -51,6 +56,27 @@ def data_size(data: dict[str, Any]) -> int:
     return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
 
 
+def fixed_payload_size(request: SendRequest) -> int:
+    """Bytes of the push payload with an empty body: what no truncation can shrink."""
+    payload: dict[str, Any] = {"title": request.title, "body": "", "data": request.data}
+    if request.url:
+        payload["url"] = request.url
+    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def check_payload(request: SendRequest) -> None:
+    """Refuse data no vendor could carry: over 4 KB, or too big next to the title for a push payload."""
+    size = data_size(request.data)
+    if size > MAX_DATA_BYTES:
+        raise DataTooLarge(reason=f"data is {size} bytes; at most {MAX_DATA_BYTES}")
+    fixed = fixed_payload_size(request)
+    if fixed + _ELLIPSIS_BYTES > MAX_PUSH_PLAINTEXT_BYTES:
+        raise DataTooLarge(
+            reason=f"title and data take {fixed} bytes of a push payload; Web Push carries at most "
+            f"{MAX_PUSH_PLAINTEXT_BYTES} bytes and the title and data are never cut"
+        )
+
+
 def create_notifications(
     session: Session,
     app_id: uuid.UUID,
@@ -69,8 +95,7 @@ def create_notifications(
     given back if the transaction does not commit.
     """
     for request in requests:
-        if data_size(request.data) > MAX_DATA_BYTES:
-            raise DataTooLarge(user_id=str(request.user_id))
+        check_payload(request)
     missing = not_enrolled(session, app_id, [request.user_id for request in requests]) if require_enrollment else []
     if missing:
         raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
