@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import redis
 from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
 from sqlalchemy.orm import Session
@@ -212,7 +213,8 @@ def finish_session(response):
     except Exception:  # noqa: BLE001 - the client must not see 2xx for uncommitted work
         log.exception("commit failed")
         session.rollback()
-        response = error_response(503, "unavailable", "Database unavailable, try again")
+        response = error_response(503, "unavailable", "Service temporarily unavailable, try again")
+        response.headers["Retry-After"] = "5"
     finally:
         session.close()
     return response
@@ -254,6 +256,14 @@ def register_error_handlers(app) -> None:
         for name, value in exc.get_headers():  # e.g. Allow on a 405
             if name.lower() != "content-type":
                 response.headers[name] = value
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_unavailable(exc: redis.RedisError):
+        # Quotas and rate limits must be exact: without Redis, refuse rather than guess.
+        log.error("redis unavailable: %s", type(exc).__name__)
+        response = error_response(503, "unavailable", "Service temporarily unavailable, try again")
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)

@@ -34,6 +34,8 @@ def _implicit_errors(spec: EndpointSpec) -> dict[int, str]:
     if spec.request_schema is not None:
         # Werkzeug refuses a body over MAX_CONTENT_LENGTH when the view reads it.
         errors[413] = "Request body larger than PUSHQ_MAX_BODY_BYTES"
+    # The database or Redis is unreachable: nothing was accepted; retry (see Retry-After when present).
+    errors[503] = "Service temporarily unavailable"
     return errors
 
 

@@ -39,6 +39,8 @@ class Settings:
     database_url: str = field(default=DEFAULT_DATABASE_URL, metadata={"env": "DATABASE_URL"})
     # None means "no Redis configured": `pushq run` then starts an embedded one.
     redis_url: str | None = field(default=None, metadata={"env": "REDIS_URL"})
+    # The Celery broker, when it should not be REDIS_URL (which also keeps quotas and rate limits).
+    broker_url: str | None = field(default=None, metadata={"env": "PUSHQ_BROKER_URL"})
 
     jwt_secret: str | None = field(default=None, metadata={"env": "JWT_SECRET"})
     jwt_public_key: str | None = field(default=None, metadata={"env": "JWT_PUBLIC_KEY"})

@@ -23,7 +23,7 @@ def make_celery(settings: Settings) -> Celery:
     """A Celery app for ``settings``; importing this module builds nothing."""
     if not settings.redis_url:
         raise ValueError("REDIS_URL is not set (pushq run starts an embedded Redis when it is missing)")
-    app = Celery("pushq", broker=settings.redis_url, set_as_current=False)
+    app = Celery("pushq", broker=settings.broker_url or settings.redis_url, set_as_current=False)
     app.conf.update(
         task_queues=[Queue(name) for name in ALL_QUEUES],
         task_default_queue=FANOUT_QUEUE,
