@@ -201,6 +201,25 @@ def fcm_service(fcm_standin: FcmStandin) -> FcmStandin:
     return fcm_standin
 
 
+def start_worker(env: dict[str, str], log_path: Path, schedule: Path) -> subprocess.Popen:
+    """``celery -A workers.main worker -B`` as production runs it, in its own process group; waits until ready."""
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed by whoever stops the worker
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-B", "-s", str(schedule),
+         "--pool", "prefork", "--concurrency", "3", "--loglevel", "INFO",
+         "-Q", "fanout,webpush,apns,fcm,maintenance", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    process.log_path, process.log_file = log_path, log_file  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    while "ready." not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            log_file.close()
+            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.1)
+    return process
+
+
 @pytest.fixture(scope="session")
 def worker_process(
     database: None, tmp_path_factory: pytest.TempPathFactory, apns_standin: ApnsStandin, fcm_standin: FcmStandin
@@ -220,21 +239,7 @@ def worker_process(
         "PUSHQ_APNS_CA_FILE": str(apns_standin.certificate.ca_path),
         "PUSHQ_FCM_BASE_URL": fcm_standin.base_url,
     }
-    schedule = tmp_path_factory.mktemp("beat") / "schedule"
-    log_file = open(log_path, "w")  # noqa: SIM115 - closed at teardown
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-B", "-s", str(schedule),
-         "--pool", "prefork", "--concurrency", "3", "--loglevel", "INFO",
-         "-Q", "fanout,webpush,apns,fcm,maintenance", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while "ready." not in log_path.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            log_file.close()
-            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.1)
-    process.log_path = log_path  # type: ignore[attr-defined]
+    process = start_worker(env, log_path, tmp_path_factory.mktemp("beat") / "schedule")
     yield process
     process.terminate()
     try:
@@ -242,7 +247,7 @@ def worker_process(
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    log_file.close()
+    process.log_file.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

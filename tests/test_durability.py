@@ -1,13 +1,20 @@
-"""Nothing accepted is lost: a send accepted while the broker is unreachable is still delivered."""
+"""Nothing accepted is lost: not when the broker is unreachable at enqueue, not when a worker is SIGKILLed."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import uuid
 
 import httpx
+import redis
+from sqlalchemy import select
 
 from api.app import create_app
-from tests.conftest import LiveServer
+from shared.models import Delivery, Notification
+from tests.conftest import TEST_ENV, LiveServer, start_worker
+from tests.helpers import wait_for
 from tests.test_e2e_webpush import final_notification, register_web
 
 
@@ -43,3 +50,52 @@ def test_without_redis_the_api_refuses_with_503_rather_than_guess_the_quota(sett
     assert response.status_code == 503
     assert response.get_json() == {"error": "unavailable", "message": "Service temporarily unavailable, try again"}
     assert response.headers["Retry-After"] == "5"
+
+
+def test_a_worker_sigkilled_mid_push_loses_nothing(settings, tenant, push_service, session_factory, engine, tmp_path):
+    """Kill -9 the whole worker while it waits on the push service; a new worker finishes the delivery.
+
+    The claim's lease (2 s here) runs out, the scheduler's sweep makes the delivery
+    due again, and the new worker pushes it: at least once, never lost.
+    """
+    crash_redis = os.environ.get("TEST_CRASH_REDIS_URL", "redis://127.0.0.1:6379/9")
+    redis.Redis.from_url(crash_redis).flushdb()
+    env = {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore", "REDIS_URL": crash_redis,
+           "PUSHQ_CLAIM_LEASE_SECONDS": "2"}
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    subscription = push_service.new_subscription()
+    push_service.set_behavior(subscription, 201, delay=10, times=1)  # the first push hangs
+    client = create_app(settings.replace(redis_url=crash_redis)).test_client()
+    client.post("/push/devices/register", json={"app_id": str(tenant.id), "platform": "web",
+                                                "push_token": json.dumps(subscription)},
+                headers=tenant.user_headers(user))
+
+    first = start_worker(env, tmp_path / "first.log", tmp_path / "first.schedule")
+    try:
+        notification_id = client.post("/push/send", json={"user_id": str(user), "title": "Survives", "body": "b"},
+                                      headers=tenant.service_headers()).get_json()["notification_id"]
+        wait_for(lambda: push_service.attempts(subscription) == 1)  # the worker is inside the push now
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        first.log_file.close()
+    with session_factory() as session:
+        assert session.scalars(select(Delivery.status)).one() == "sending"  # claimed, never finished
+
+    second = start_worker(env, tmp_path / "second.log", tmp_path / "second.schedule")
+    try:
+        def delivered():
+            with session_factory() as session:
+                return session.get(Notification, uuid.UUID(notification_id)).status == "delivered"
+
+        wait_for(delivered, timeout=30)
+    finally:
+        second.terminate()
+        second.wait(timeout=20)
+        second.log_file.close()
+    with session_factory() as session:
+        delivery = session.scalars(select(Delivery)).one()
+        assert (delivery.status, delivery.attempts) == ("sent", 2)
+    assert push_service.attempts(subscription) == 2
+    assert any(m.json()["title"] == "Survives" for m in push_service.messages(subscription))
