@@ -44,7 +44,8 @@ class Harness:
         raise NotImplementedError
 
     def fail(self, handle: Any, error: Any, *, times: int | None = None, retry_after: int | None = None) -> None:
-        raise NotImplementedError
+        """Every stand-in takes the same call: the vendor's error for that token, N times or always."""
+        self.service.set_behavior(handle, error, times=times, retry_after=retry_after)
 
     def received(self, handle: Any) -> list[Received]:
         raise NotImplementedError
@@ -59,9 +60,6 @@ class WebHarness(Harness):
     def new_token(self):
         subscription = self.service.new_subscription()
         return json.dumps(subscription), subscription
-
-    def fail(self, handle, error, *, times=None, retry_after=None):
-        self.service.set_behavior(handle, error, times=times, retry_after=retry_after)
 
     def received(self, handle):
         out = []
@@ -82,9 +80,6 @@ class ApnsHarness(Harness):
         token = secrets.token_hex(32)
         return token, token
 
-    def fail(self, handle, error, *, times=None, retry_after=None):
-        self.service.set_behavior(handle, error, times=times, retry_after=retry_after)
-
     def received(self, handle):
         out = []
         for message in self.service.messages(handle):
@@ -104,9 +99,6 @@ class FcmHarness(Harness):
     def new_token(self):
         token = secrets.token_urlsafe(48)
         return token, token
-
-    def fail(self, handle, error, *, times=None, retry_after=None):
-        self.service.set_behavior(handle, error, times=times, retry_after=retry_after)
 
     def received(self, handle):
         out = []

@@ -67,6 +67,20 @@ def register(api, tenant, user: uuid.UUID, platform: str, push_token: str) -> st
     return response.json()["device_id"]
 
 
+def devices_on_three_platforms(api, tenant, push_service, apns_service, fcm_service):
+    """An app with APNs and FCM credentials and a user with a web, an iOS and an Android device."""
+    tenant.configure_apns(apns_service)
+    tenant.configure_fcm(fcm_service)
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    subscription = push_service.new_subscription(application_server_key=tenant.vapid_public_key)
+    ios, android = ios_token(), android_token()
+    register_web(api, tenant, user, subscription)
+    register(api, tenant, user, "ios", ios)
+    register(api, tenant, user, "android", android)
+    return user, subscription, ios, android
+
+
 def cell_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
@@ -142,15 +156,7 @@ def rotate_with_cli(settings: Settings, *keys: str) -> dict:
 def test_no_table_holds_a_token_or_a_credential_in_clear(
     api, worker, tenant, push_service, apns_service, fcm_service, session_factory, engine
 ):
-    tenant.configure_apns(apns_service)
-    tenant.configure_fcm(fcm_service)
-    user = uuid.uuid4()
-    tenant.enroll(user)
-    subscription = push_service.new_subscription(application_server_key=tenant.vapid_public_key)
-    ios, android = ios_token(), android_token()
-    register_web(api, tenant, user, subscription)
-    register(api, tenant, user, "ios", ios)
-    register(api, tenant, user, "android", android)
+    user, subscription, ios, android = devices_on_three_platforms(api, tenant, push_service, apns_service, fcm_service)
     # A send too, so deliveries (vendor ids, errors) and idempotency records are scanned as well.
     sent = api.post("/push/send", json={"user_id": str(user), "title": "t", "body": "b"}, headers=tenant.service_headers())
     assert sent.status_code == 200, sent.text
@@ -443,15 +449,7 @@ def test_logs_never_show_tokens_keys_or_jwts(
 
         monkeypatch.setattr(tenant, name, recording)
 
-    tenant.configure_apns(apns_service)
-    tenant.configure_fcm(fcm_service)
-    user = uuid.uuid4()
-    tenant.enroll(user)
-    subscription = push_service.new_subscription(application_server_key=tenant.vapid_public_key)
-    ios, android = ios_token(), android_token()
-    register_web(api, tenant, user, subscription)
-    register(api, tenant, user, "ios", ios)
-    register(api, tenant, user, "android", android)
+    user, subscription, ios, android = devices_on_three_platforms(api, tenant, push_service, apns_service, fcm_service)
     sent = api.post("/push/send", json={"user_id": str(user), "title": "t", "body": "b"}, headers=tenant.service_headers())
     assert sent.status_code == 200, sent.text
     notification = final_notification(api, tenant, sent.json()["notification_id"])
