@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Collection, Iterable, Sequence
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db_upsert import insert_ignore
@@ -166,7 +166,8 @@ def claim_deliveries(
             update(Delivery)
             .where(
                 claimable,
-                Delivery.notification_id.in_(select(Notification.id).where(Notification.expires_at <= now)),
+                # Correlated: probes each claimed delivery's notification by primary key.
+                exists().where(Notification.id == Delivery.notification_id, Notification.expires_at <= now),
             )
             .values(status=DeliveryStatus.EXPIRED.value, last_error="ttl expired before delivery", updated_at=now)
             .returning(Delivery.notification_id)
@@ -349,7 +350,8 @@ def release_due_deliveries(
     (their worker died mid-send). Touching ``updated_at`` keeps the next sweep
     from enqueueing the same delivery again while it waits in the queue.
     """
-    due = or_(
+    # One statement per kind, each served by the (status, next_attempt_at) index's status prefix.
+    due_kinds = (
         and_(Delivery.status == DeliveryStatus.RETRYING.value, Delivery.next_attempt_at <= now),
         and_(
             Delivery.status == DeliveryStatus.PENDING.value,
@@ -360,12 +362,16 @@ def release_due_deliveries(
             Delivery.claimed_at < now - timedelta(seconds=lease_seconds),
         ),
     )
-    rows = session.execute(
-        update(Delivery)
-        .where(due)
-        .values(status=DeliveryStatus.PENDING.value, next_attempt_at=None, claimed_at=None, updated_at=now)
-        .returning(Delivery.platform, Delivery.id)
-    ).all()
+    rows = [
+        row
+        for due in due_kinds
+        for row in session.execute(
+            update(Delivery)
+            .where(due)
+            .values(status=DeliveryStatus.PENDING.value, next_attempt_at=None, claimed_at=None, updated_at=now)
+            .returning(Delivery.platform, Delivery.id)
+        )
+    ]
     groups: dict[str, list[uuid.UUID]] = defaultdict(list)
     for platform, delivery_id in rows:
         groups[platform].append(delivery_id)
