@@ -247,3 +247,49 @@ class BulkMappingRequest(Schema):
 
 class BulkMappingResponse(Schema):
     upserted = fields.Integer(required=True)
+
+
+class NotificationListQuery(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200),
+                           metadata={"description": "next_cursor of the previous page (opaque)."})
+    user_id = fields.UUID(load_default=None)
+    status = fields.String(load_default=None, validate=validate.OneOf([s.value for s in NotificationStatus]))
+
+
+class NotificationSummary(Schema):
+    id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    title = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf([s.value for s in NotificationStatus]))
+    priority = fields.String(required=True)
+    truncated = fields.Boolean(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    expires_at = fields.AwareDateTime(required=True)
+
+
+class NotificationPage(Schema):
+    items = fields.List(fields.Nested(NotificationSummary), required=True)
+    next_cursor = fields.String(allow_none=True, required=True, metadata={"description": "Pass as ?cursor= for the next page; null at the end."})
+
+
+class DeviceListQuery(PageQuery):
+    user_id = fields.UUID(load_default=None)
+
+
+class DeviceSchema(Schema):
+    """A device as its app sees it: never the push token."""
+
+    id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    platform = fields.String(required=True, validate=validate.OneOf([p.value for p in Platform]))
+    created_at = fields.AwareDateTime(required=True)
+    last_seen_at = fields.AwareDateTime(required=True)
+    disabled_at = fields.AwareDateTime(required=True, allow_none=True)
+    disabled_reason = fields.String(required=True, allow_none=True,
+                                    metadata={"description": "Why pushq stopped using it: unregistered, or the vendor's answer."})
+
+
+class DevicePage(Schema):
+    items = fields.List(fields.Nested(DeviceSchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True, metadata={"description": "Pass as ?cursor= for the next page; null at the end."})

@@ -8,6 +8,10 @@ from api.auth import Principal
 from api.http import db_session, endpoint, parse_id
 from api.schemas import (
     BatchSendRequest,
+    DeviceListQuery,
+    DevicePage,
+    NotificationListQuery,
+    NotificationPage,
     BulkSendRequest,
     DeviceIdResponse,
     EnrollmentPage,
@@ -118,6 +122,31 @@ def send_batch(principal: Principal, body: dict, **_):
     """Ids in request order; all accepted or none."""
     ids, headers = _create(principal, [sends.SendRequest(**item) for item in body["notifications"]])
     return NotificationIdsResponse().dump({"notification_ids": ids}), 200, headers
+
+
+@endpoint(
+    bp, "/push/notifications", "GET", summary="The calling app's notifications, newest first",
+    auth="service", query_schema=NotificationListQuery, responses={200: NotificationPage}, tags=["send"],
+)
+def list_notifications(principal: Principal, query: dict, **_):
+    """Filter by user_id and/or status; follow next_cursor for older ones."""
+    page = notifications.list_notifications(
+        db_session(), principal.app_id, limit=query["limit"], cursor=query["cursor"],
+        user_id=query["user_id"], status=query["status"],
+    )
+    return NotificationPage().dump(page), 200
+
+
+@endpoint(
+    bp, "/push/devices", "GET", summary="The calling app's devices (without their tokens)",
+    auth="service", query_schema=DeviceListQuery, responses={200: DevicePage}, tags=["devices"],
+)
+def list_devices(principal: Principal, query: dict, **_):
+    """Ordered by id; filter by user_id; disabled devices show when and why."""
+    page = devices.list_devices(
+        db_session(), principal.app_id, limit=query["limit"], after=query["cursor"], user_id=query["user_id"]
+    )
+    return DevicePage().dump(page), 200
 
 
 @endpoint(

@@ -57,3 +57,7 @@ class PatientNotFound(ServiceError):
 
 class IdentityMappingNotFound(ServiceError):
     status, code, message = 404, "identity_mapping_not_found", "Identity mapping not found"
+
+
+class InvalidPageCursor(ServiceError):
+    status, code, message = 400, "invalid_cursor", "Invalid request"

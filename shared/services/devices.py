@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from shared.db_upsert import dialect_insert
 from shared.errors import DeviceNotFound
 from shared.guards import RegistrationLimiter
+from shared.pagination import Page, keyset_page
 from shared.models import Device, utcnow
 from shared.services.apps import get_app
 from shared.tokens import canonical_token
@@ -90,3 +91,13 @@ def unregister_device(
         raise DeviceNotFound()
     device.disabled_at = utcnow()
     device.disabled_reason = UNREGISTERED
+
+
+def list_devices(
+    session: Session, app_id: uuid.UUID, *, limit: int, after: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+) -> Page[Device]:
+    """The app's devices (never their tokens), ordered by id; optionally one user's."""
+    query = select(Device).where(Device.app_id == app_id)
+    if user_id is not None:
+        query = query.where(Device.user_id == user_id)
+    return keyset_page(session, query, Device.id, limit, after)

@@ -7,8 +7,9 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.errors import NotificationNotFound
+from shared.errors import InvalidPageCursor, NotificationNotFound
 from shared.models import Notification
+from shared.pagination import InvalidCursor, Page, newest_first_page
 
 
 def get_notification(session: Session, app_id: uuid.UUID, notification_id: uuid.UUID) -> Notification:
@@ -21,3 +22,24 @@ def get_notification(session: Session, app_id: uuid.UUID, notification_id: uuid.
     if notification is None:
         raise NotificationNotFound()
     return notification
+
+
+def list_notifications(
+    session: Session,
+    app_id: uuid.UUID,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    user_id: uuid.UUID | None = None,
+    status: str | None = None,
+) -> Page[Notification]:
+    """The app's notifications, newest first, optionally for one user or in one status."""
+    query = select(Notification).where(Notification.app_id == app_id)
+    if user_id is not None:
+        query = query.where(Notification.user_id == user_id)
+    if status is not None:
+        query = query.where(Notification.status == status)
+    try:
+        return newest_first_page(session, query, Notification.created_at, Notification.id, limit, cursor)
+    except InvalidCursor:
+        raise InvalidPageCursor() from None
