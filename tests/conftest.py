@@ -64,7 +64,7 @@ TEST_ENV = {
     "PUSHQ_VENDOR_CONNECT_TIMEOUT": "2",
     "PUSHQ_VENDOR_READ_TIMEOUT": "3",
     "PUSHQ_LOG_LEVEL": "INFO",
-    "PUSHQ_FANOUT_WAIT_SECONDS": "1",
+    "PUSHQ_FANOUT_WAIT_SECONDS": "10",
     # Secrets at rest: fixed test keys (a Fernet key, and an HMAC key of 32+ bytes).
     "PUSHQ_ENCRYPTION_KEYS": "udalwLV3Xwyir7WlZRUceIgPv7dzPe1gowd4EZC3FAM=",
     "PUSHQ_TOKEN_HASH_KEY": "test-token-hash-key-not-for-production-0123456789",

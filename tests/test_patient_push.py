@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
 import jsonschema
 import pytest
 
+from api.app import create_app
+from tests.conftest import LiveServer
 from tests.helpers import wait_for
 from tests.test_e2e_webpush import register_web
 
@@ -156,14 +159,19 @@ def test_patient_without_subscriptions_gets_zero_counts(api, worker, tenant):
     assert (result["sent"], result["rejected"], result["results"]) == (0, 0, [])
 
 
-def test_a_stalled_push_service_is_pending_at_the_deadline_then_sent(api, worker, tenant, push_service, flask_app):
+def test_a_stalled_push_service_is_pending_at_the_deadline_then_sent(api, worker, tenant, push_service, settings):
     patient, person = uuid.uuid4(), uuid.uuid4()
     map_patient(api, tenant, patient, person)
     subscription = push_service.new_subscription()
     device_id = register_web(api, tenant, person, subscription)
-    push_service.set_behavior(subscription, 201, delay=2.5, times=1)  # slow, then accepts
+    push_service.set_behavior(subscription, 201, delay=3, times=1)  # slow, then accepts
 
-    result = patient_send(api, tenant, patient).json()  # the test app waits PUSHQ_FANOUT_WAIT_SECONDS=1
+    impatient = LiveServer(create_app(settings.replace(fanout_wait_seconds=1))).start()  # waits 1 s, not 10
+    try:
+        with httpx.Client(base_url=impatient.url, trust_env=False, timeout=30) as http:
+            result = patient_send(http, tenant, patient).json()
+    finally:
+        impatient.stop()
 
     assert result["results"] == [{"subscription_id": device_id, "status": "pending", "vendor_message_id": ""}]
     assert (result["sent"], result["rejected"]) == (0, 0)
