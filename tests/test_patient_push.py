@@ -164,7 +164,9 @@ def test_a_stalled_push_service_is_pending_at_the_deadline_then_sent(api, worker
     map_patient(api, tenant, patient, person)
     subscription = push_service.new_subscription()
     device_id = register_web(api, tenant, person, subscription)
-    push_service.set_behavior(subscription, 201, delay=3, times=1)  # slow, then accepts
+    # Slow, then accepts: slower than the 1 s deadline, faster than the worker's 3 s read timeout
+    # (past that the worker would retry, and the push service could get the message twice).
+    push_service.set_behavior(subscription, 201, delay=2, times=1)
 
     impatient = LiveServer(create_app(settings.replace(fanout_wait_seconds=1))).start()  # waits 1 s, not 10
     try:
