@@ -8,13 +8,17 @@ durable (enqueueing a task) is registered with :func:`after_commit`.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _AFTER_COMMIT_KEY = "pushq_after_commit"
 _AFTER_ROLLBACK_KEY = "pushq_after_rollback"
@@ -95,3 +99,28 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def run_in_transaction(
+    factory: sessionmaker[Session], work: Callable[[Session], T], *, attempts: int = 3, backoff_seconds: float = 0.5
+) -> T:
+    """Run ``work`` in its own committed transaction, again on a dropped connection.
+
+    For work that is safe to repeat (every statement conditional on the state it
+    changes), so a PostgreSQL restart or a killed connection between two steps of
+    a delivery costs a short wait instead of a lost outcome.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(factory) as session:
+                return work(session)
+        except OperationalError as exc:
+            if attempt == attempts or not _connection_problem(exc):
+                raise
+            log.warning("database connection lost (%s); retrying, attempt %d of %d", type(exc.orig).__name__, attempt + 1, attempts)
+            time.sleep(backoff_seconds * attempt)
+    raise AssertionError("unreachable")
+
+
+def _connection_problem(exc: OperationalError) -> bool:
+    return bool(exc.connection_invalidated) or "connection" in str(exc.orig).lower() or "terminat" in str(exc.orig).lower()

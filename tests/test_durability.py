@@ -9,9 +9,10 @@ import uuid
 
 import httpx
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from api.app import create_app
+from shared.db import run_in_transaction
 from shared.models import Delivery, Notification
 from tests.conftest import TEST_ENV, LiveServer, start_worker
 from tests.helpers import wait_for
@@ -99,3 +100,17 @@ def test_a_worker_sigkilled_mid_push_loses_nothing(settings, tenant, push_servic
         assert (delivery.status, delivery.attempts) == ("sent", 2)
     assert push_service.attempts(subscription) == 2
     assert any(m.json()["title"] == "Survives" for m in push_service.messages(subscription))
+
+
+def test_a_transaction_whose_connection_is_killed_is_run_again(session_factory, tenant):
+    """PostgreSQL kills the connection mid-transaction (as on a restart or failover); the work is redone."""
+    calls = []
+
+    def work(session):
+        calls.append(1)
+        if len(calls) == 1:
+            session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        return session.execute(text("SELECT count(*) FROM apps")).scalar_one()
+
+    assert run_in_transaction(session_factory, work, backoff_seconds=0.05) == 1
+    assert len(calls) == 2

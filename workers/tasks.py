@@ -13,7 +13,7 @@ from collections import defaultdict
 from celery import shared_task
 from sqlalchemy import select
 
-from shared.db import after_commit, session_scope
+from shared.db import after_commit, run_in_transaction, session_scope
 from shared.delivery import (
     claim_deliveries,
     fan_out,
@@ -58,8 +58,8 @@ def deliver(self, platform: str, delivery_ids: list[str]) -> None:
     now = utcnow()
     for app_id, deliveries in by_app.items():
         results.extend(zip(deliveries, adapter.send_many(apps[app_id], deliveries, now)))
-    with session_scope(rt.session_factory) as session:
-        record_outcomes(session, results, utcnow(), rt.retry_policy)
+    # The pushes happened: their outcomes must be written even if the database blips now.
+    run_in_transaction(rt.session_factory, lambda session: record_outcomes(session, results, utcnow(), rt.retry_policy))
     log.info("delivered %d/%d %s deliveries", len(claimed), len(delivery_ids), platform)
 
 
