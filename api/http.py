@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.auth import SEND_SCOPE, AuthError, Principal
 from shared.errors import ServiceError
+from shared.guards import QuotaExceeded
 from shared.models import utcnow
 from shared.services import idempotency
 
@@ -57,6 +58,7 @@ class EndpointSpec:
     description: str = ""
     tags: list[str] = field(default_factory=list)
     idempotent: bool = False
+    quota: bool = False  # takes from the daily quota: 429 and X-Quota-* headers
     openapi: dict[str, Any] = field(default_factory=dict)  # merged into the operation (e.g. a form body)
 
 
@@ -84,6 +86,7 @@ def endpoint(
     errors: dict[int, str] | None = None,
     tags: list[str] | None = None,
     idempotent: bool = False,
+    quota: bool = False,
     openapi: dict[str, Any] | None = None,
 ) -> Callable:
     """Register a view on ``bp`` with its auth rule and its OpenAPI description.
@@ -99,6 +102,8 @@ def endpoint(
         if query_schema is not None:
             all_errors.setdefault(400, "Invalid request")
         all_errors.update(errors or {})
+        if quota:
+            all_errors[429] = QuotaExceeded.message
         if idempotent:
             all_errors[422] = "Idempotency-Key was used with a different request"
             all_errors[409] = "A request with this Idempotency-Key is still in progress"
@@ -108,7 +113,7 @@ def endpoint(
                 rule=rule, method=method, summary=summary, auth=auth, request_schema=request_schema,
                 query_schema=query_schema, responses=responses, errors=all_errors, view_name=view.__name__,
                 description=(view.__doc__ or "").strip(), tags=tags or [], idempotent=idempotent,
-                openapi=openapi or {},
+                quota=quota, openapi=openapi or {},
             )
         )
 

@@ -17,7 +17,6 @@ from flask import Blueprint
 
 from api.http import ENDPOINTS, EndpointSpec
 from api.schemas import ErrorSchema, ValidationErrorSchema
-from shared.guards import QuotaExceeded
 
 bp = Blueprint("openapi", __name__)
 
@@ -66,17 +65,13 @@ def _quota_headers(required: bool) -> dict[str, Any]:
     }
 
 
-def _uses_quota(spec: EndpointSpec) -> bool:
-    return spec.errors.get(429) == QuotaExceeded.message
-
-
 def _operation(spec: EndpointSpec) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, schema in spec.responses.items():
         responses[str(status)] = {"description": "Success"}
         if schema is not None:
             responses[str(status)]["content"] = {"application/json": {"schema": schema}}
-        headers = {**(_quota_headers(required=False) if _uses_quota(spec) else {}),
+        headers = {**(_quota_headers(required=False) if spec.quota else {}),
                    **({"Idempotent-Replayed": _REPLAYED} if spec.idempotent else {})}
         if headers:
             responses[str(status)]["headers"] = headers
@@ -85,7 +80,7 @@ def _operation(spec: EndpointSpec) -> dict[str, Any]:
         responses[str(status)] = {"description": description, "content": {"application/json": {"schema": error_schema}}}
         if status == 429:
             responses[str(status)]["headers"] = {
-                "Retry-After": _RETRY_AFTER, **(_quota_headers(required=True) if _uses_quota(spec) else {})
+                "Retry-After": _RETRY_AFTER, **(_quota_headers(required=True) if spec.quota else {})
             }
     operation: dict[str, Any] = {
         "operationId": spec.view_name,

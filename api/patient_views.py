@@ -24,13 +24,12 @@ from shared.services import patient_push, patients
 bp = Blueprint("patients", __name__)
 
 _NOT_FOUND = {404: "Patient not found / Identity mapping not found"}
-_SEND_ERRORS = {**_NOT_FOUND, 429: "Daily quota exceeded"}
 
 
 @endpoint(
     bp, "/v1/push/send", "POST", summary="Fan out a web push notification to all subscribed devices for a patient",
-    auth="m2m", request_schema=PatientSendRequest, responses={200: PatientSendResponse}, errors=_SEND_ERRORS,
-    tags=["patients"], idempotent=True,
+    auth="m2m", request_schema=PatientSendRequest, responses={200: PatientSendResponse}, errors=_NOT_FOUND,
+    tags=["patients"], idempotent=True, quota=True,
 )
 def patient_send(principal: Principal, body: dict, **_):
     """Waits for each subscription's first delivery attempt up to PUSHQ_FANOUT_WAIT_SECONDS; what is

@@ -87,13 +87,13 @@ def _create(principal: Principal, requests: list[sends.SendRequest]) -> tuple[li
     return accepted.notification_ids, headers
 
 
-_SEND_ERRORS = {400: "User not enrolled / Data payload too large / Invalid request", 429: "Daily quota exceeded"}
+_SEND_ERRORS = {400: "User not enrolled / Data payload too large / Invalid request"}
 
 
 @endpoint(
     bp, "/push/send", "POST", summary="Send a notification to every device of one user",
     auth="service", request_schema=SendRequest, responses={200: NotificationIdResponse},
-    errors=_SEND_ERRORS, tags=["send"], idempotent=True,
+    errors=_SEND_ERRORS, tags=["send"], idempotent=True, quota=True,
 )
 def send(principal: Principal, body: dict, **_):
     """The notification is stored, then fanned out by the workers to the user's active devices."""
@@ -104,7 +104,7 @@ def send(principal: Principal, body: dict, **_):
 @endpoint(
     bp, "/push/send/bulk", "POST", summary="Send the same notification to many users",
     auth="service", request_schema=BulkSendRequest, responses={200: NotificationIdsResponse},
-    errors=_SEND_ERRORS, tags=["send"], idempotent=True,
+    errors=_SEND_ERRORS, tags=["send"], idempotent=True, quota=True,
 )
 def send_bulk(principal: Principal, body: dict, **_):
     """One notification per user, ids in request order. All users must be enrolled, or nothing is sent."""
@@ -116,7 +116,7 @@ def send_bulk(principal: Principal, body: dict, **_):
 @endpoint(
     bp, "/push/send/batch", "POST", summary="Send different notifications in one call",
     auth="service", request_schema=BatchSendRequest, responses={200: NotificationIdsResponse},
-    errors=_SEND_ERRORS, tags=["send"], idempotent=True,
+    errors=_SEND_ERRORS, tags=["send"], idempotent=True, quota=True,
 )
 def send_batch(principal: Principal, body: dict, **_):
     """Ids in request order; all accepted or none."""
