@@ -115,12 +115,9 @@ def run_in_transaction(
             with session_scope(factory) as session:
                 return work(session)
         except OperationalError as exc:
-            if attempt == attempts or not _connection_problem(exc):
+            # Only a lost connection is retried; other errors (a lock timeout, bad SQL) are real.
+            if attempt == attempts or not exc.connection_invalidated:
                 raise
             log.warning("database connection lost (%s); retrying, attempt %d of %d", type(exc.orig).__name__, attempt + 1, attempts)
             time.sleep(backoff_seconds * attempt)
     raise AssertionError("unreachable")
-
-
-def _connection_problem(exc: OperationalError) -> bool:
-    return bool(exc.connection_invalidated) or "connection" in str(exc.orig).lower() or "terminat" in str(exc.orig).lower()
