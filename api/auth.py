@@ -250,7 +250,6 @@ class JwksKeys:
         self._fetched_at: float | None = None  # last successful fetch
         self._failed_at: float | None = None  # last failed fetch, cleared by a success
         self._refetched_at: float | None = None  # last refetch caused by an unknown kid
-        self.fetch_attempts = 0
 
     def get(self, kid: str) -> JwksKey:
         with self._lock:
@@ -279,7 +278,6 @@ class JwksKeys:
         """Fetch the key set now unless a fetch failed moments ago; True when it succeeded."""
         if self._failed_at is not None and now - self._failed_at < self._retry_after_failure:
             return False
-        self.fetch_attempts += 1
         try:
             keys = index_jwks(self._client.fetch_data())
         except Exception as exc:  # noqa: BLE001 - any failure to get keys is a 401 for the caller, not a 500
@@ -314,10 +312,6 @@ class TokenVerifier:
         signing = load_signing_key(settings)
         # pushq's own tokens (POST /oauth/token with PUSHQ_TOKEN_SIGNING_KEY) name their key by thumbprint.
         self._own = signing if signing is not None and signing.kid is not None else None
-
-    @property
-    def jwks(self) -> JwksKeys | None:
-        return self._jwks
 
     def verify(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
