@@ -8,12 +8,13 @@ import redis
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.auth import TokenVerifier
+from api.auth import RevokedClients, TokenVerifier
 from api.http import discard_session, finish_session, register_error_handlers
 from shared import crypto
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
-from shared.guards import DailyQuota, QuotaPolicy, RegistrationLimiter
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.guards import ClientAuthFailureLimiter, DailyQuota, QuotaPolicy, RegistrationLimiter
+from shared.services.clients import revoked_client_ids
 from workers.celery_app import make_celery
 from workers.dispatch import Dispatcher
 
@@ -28,6 +29,7 @@ class PushqState:
     dispatcher: Dispatcher
     quota: QuotaPolicy
     registration_limiter: RegistrationLimiter
+    client_auth_limiter: ClientAuthFailureLimiter
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -39,14 +41,24 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     celery = make_celery(settings)
     guards_redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    session_factory = make_session_factory(make_engine(settings.database_url))
+
+    def load_revoked_clients() -> frozenset[str]:
+        with session_scope(session_factory) as session:
+            return revoked_client_ids(session)
+
     app.extensions["pushq"] = PushqState(
         settings=settings,
-        verifier=TokenVerifier(settings),
-        session_factory=make_session_factory(make_engine(settings.database_url)),
-        dispatcher=Dispatcher(celery, settings.delivery_chunk_size),
+        verifier=TokenVerifier(settings, revoked_clients=RevokedClients(load_revoked_clients)),
+        session_factory=session_factory,
+        dispatcher=Dispatcher(celery),
         quota=QuotaPolicy(DailyQuota(guards_redis), settings.default_daily_quota),
         registration_limiter=RegistrationLimiter(
             guards_redis, settings.registration_limit, settings.registration_window_seconds
+        ),
+        client_auth_limiter=ClientAuthFailureLimiter(
+            guards_redis, settings.token_failures_per_client, settings.token_failures_per_address,
+            settings.token_failure_window_seconds,
         ),
     )
 

@@ -1,14 +1,19 @@
-"""The delivery pipeline's rules: fan-out, claiming, recording outcomes, status.
+"""The delivery pipeline's rules: batched fan-out, chunk claims, outcomes, status.
 
-Plain functions over a session so they can be tested without Celery. The worker
-tasks call them in this order, each step in its own transaction:
+Plain functions over a session, so they are testable without Celery. The worker
+tasks call them in this order, each step in its own transaction, and each step
+costs a constant number of SQL statements whatever the number of rows:
 
-1. :func:`fan_out` turns a notification into one delivery row per active device.
-2. :func:`claim_deliveries` atomically marks deliveries ``sending`` (with a lease)
-   and commits *before* anything is pushed, so a redelivered task finds them
-   claimed and never pushes twice.
-3. the vendor adapter sends; :func:`record_outcomes` writes what happened and
-   refreshes each notification's aggregate status.
+1. :func:`fan_out` turns a batch of notifications (a whole bulk request) into
+   delivery rows and groups them into chunks per platform and app, across
+   notifications and users.
+2. :func:`claim_chunk` claims a chunk with one statement that also returns all
+   an adapter needs (message, token); the claim commits *before* anything is
+   pushed, so a redelivered task finds the deliveries claimed and never pushes
+   them twice.
+3. the vendor adapter pushes; :func:`record_outcomes` writes every outcome of
+   the chunk in one statement, only under the claim that pushed, disables dead
+   devices in one statement and refreshes the notifications' statuses.
 """
 
 from __future__ import annotations
@@ -16,16 +21,18 @@ from __future__ import annotations
 import random
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Collection, Iterable, Sequence
 
-from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, exists, func, literal, or_, select, tuple_, update
+from sqlalchemy.orm import Session, aliased
 
-from shared.db_upsert import insert_ignore
+from shared.db_upsert import dialect_insert
+from shared.message import Message
 from shared.models import (
     OPEN_DELIVERY_STATUSES,
+    App,
     Delivery,
     DeliveryStatus,
     Device,
@@ -35,6 +42,7 @@ from shared.models import (
 from shared.outcomes import Outcome, OutcomeKind
 
 OPEN = [status.value for status in OPEN_DELIVERY_STATUSES]
+_MESSAGE_COLUMNS = [getattr(Notification, name) for name in Message.columns()]
 
 
 @dataclass(frozen=True)
@@ -50,69 +58,122 @@ class RetryPolicy:
         return max(jittered, retry_after or 0.0)
 
 
-def fan_out(
-    session: Session, notification_id: uuid.UUID, now: datetime, supported_platforms: Collection[str]
-) -> dict[str, list[uuid.UUID]]:
-    """Create the notification's deliveries; return the pending ones per platform.
+@dataclass(frozen=True)
+class Chunk:
+    """Deliveries of one platform and one app, pushed by one task."""
 
-    Safe to run twice (a redelivered task): the notification row is locked, the
-    insert skips existing (notification, device) pairs, and a second run returns
-    the deliveries still pending so their enqueue is retried.
+    platform: str
+    delivery_ids: list[uuid.UUID]
+
+
+def chunked(rows: Iterable[tuple[str, uuid.UUID, uuid.UUID]], size: int) -> list[Chunk]:
+    """Group (platform, app_id, delivery_id) rows into chunks of at most ``size`` per platform and app."""
+    groups: dict[tuple[str, uuid.UUID], list[uuid.UUID]] = defaultdict(list)
+    for platform, app_id, delivery_id in rows:
+        groups[(platform, app_id)].append(delivery_id)
+    return [
+        Chunk(platform, ids[start : start + size])
+        for (platform, _), ids in groups.items()
+        for start in range(0, len(ids), size)
+    ]
+
+
+def fan_out(
+    session: Session,
+    notification_ids: Sequence[uuid.UUID],
+    now: datetime,
+    supported_platforms: Collection[str],
+    chunk_size: int,
+) -> list[Chunk]:
+    """Create the deliveries of a batch of notifications; return the pending ones in chunks.
+
+    Four statements for the whole batch: lock the notifications (in id order, so
+    concurrent fan-outs cannot deadlock), read the active devices of all their
+    users, insert every delivery, set every status. Safe to run twice (a
+    redelivered task): a notification already fanned out is not fanned out
+    again, and its still-pending deliveries are returned so their enqueue is
+    retried.
     """
-    notification = session.get(Notification, notification_id, with_for_update=True)
-    if notification is None:
-        return {}
-    if notification.fanned_out_at is None:
-        if notification.expires_at <= now:
-            notification.status = NotificationStatus.EXPIRED.value
-            notification.fanned_out_at = now
-            return {}
-        query = select(Device.id, Device.platform).where(
-            Device.app_id == notification.app_id,
-            Device.user_id == notification.user_id,
-            Device.disabled_at.is_(None),
-        )
-        if notification.platform is not None:
-            query = query.where(Device.platform == notification.platform)
-        devices = session.execute(query).all()
-        notification.fanned_out_at = now
-        if not devices:
-            notification.status = NotificationStatus.NO_DEVICES.value
-            return {}
-        rows = [
-            {
-                "id": uuid.uuid4(),
-                "notification_id": notification.id,
+    ids = sorted(set(notification_ids))
+    if not ids:
+        return []
+    notifications = session.execute(
+        select(Notification.id, Notification.app_id, Notification.user_id, Notification.platform,
+               Notification.expires_at, Notification.fanned_out_at)
+        .where(Notification.id.in_(ids))
+        .order_by(Notification.id)
+        .with_for_update()
+    ).all()
+    fresh = [n for n in notifications if n.fanned_out_at is None]
+    done_before = [n.id for n in notifications if n.fanned_out_at is not None]
+    live = [n for n in fresh if n.expires_at > now]
+
+    devices: dict[tuple[uuid.UUID, uuid.UUID], list[tuple[uuid.UUID, str]]] = defaultdict(list)
+    if live:
+        for device_id, app_id, user_id, platform in session.execute(
+            select(Device.id, Device.app_id, Device.user_id, Device.platform)
+            .where(
+                tuple_(Device.app_id, Device.user_id).in_(sorted({(n.app_id, n.user_id) for n in live})),
+                Device.disabled_at.is_(None),
+            )
+            .order_by(Device.created_at, Device.id)
+        ):
+            devices[(app_id, user_id)].append((device_id, platform))
+
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[str, uuid.UUID, uuid.UUID]] = []
+    status_of: dict[uuid.UUID, str] = {n.id: NotificationStatus.EXPIRED.value for n in fresh}
+    for n in live:
+        targets = [(d, p) for d, p in devices.get((n.app_id, n.user_id), ()) if n.platform in (None, p)]
+        if not targets:
+            status_of[n.id] = NotificationStatus.NO_DEVICES.value
+            continue
+        supported = [p in supported_platforms for _, p in targets]
+        status_of[n.id] = NotificationStatus.SENDING.value if any(supported) else NotificationStatus.FAILED.value
+        for (device_id, platform), ok in zip(targets, supported):
+            delivery_id = uuid.uuid4()
+            rows.append({
+                "id": delivery_id,
+                "notification_id": n.id,
                 "device_id": device_id,
                 "platform": platform,
-                "status": (
-                    DeliveryStatus.PENDING.value
-                    if platform in supported_platforms
-                    else DeliveryStatus.UNSUPPORTED.value
-                ),
-                "last_error": None if platform in supported_platforms else f"platform {platform} not supported yet",
+                "status": DeliveryStatus.PENDING.value if ok else DeliveryStatus.UNSUPPORTED.value,
+                "last_error": None if ok else f"platform {platform} not supported",
                 "attempts": 0,
                 "created_at": now,
                 "updated_at": now,
-            }
-            for device_id, platform in devices
-        ]
-        session.execute(insert_ignore(session, Delivery, rows, ["notification_id", "device_id"]))
-        notification.status = NotificationStatus.SENDING.value
-        refresh_statuses(session, [notification.id], now)
-    return pending_by_platform(session, [notification.id])
-
-
-def pending_by_platform(session: Session, notification_ids: Sequence[uuid.UUID]) -> dict[str, list[uuid.UUID]]:
-    rows = session.execute(
-        select(Delivery.platform, Delivery.id)
-        .where(Delivery.notification_id.in_(notification_ids), Delivery.status == DeliveryStatus.PENDING.value)
-        .order_by(Delivery.created_at)
-    ).all()
-    groups: dict[str, list[uuid.UUID]] = defaultdict(list)
-    for platform, delivery_id in rows:
-        groups[platform].append(delivery_id)
-    return dict(groups)
+            })
+            if ok:
+                pending.append((platform, n.app_id, delivery_id))
+    if rows:
+        # One multi-row INSERT (SQLAlchemy's insertmanyvalues pages it per 1,000 rows).
+        session.execute(
+            dialect_insert(session, Delivery).on_conflict_do_nothing(index_elements=["notification_id", "device_id"]),
+            rows,
+        )
+    if fresh:
+        by_status: dict[str, list[uuid.UUID]] = defaultdict(list)
+        for notification_id, status in status_of.items():
+            by_status[status].append(notification_id)
+        session.execute(
+            update(Notification)
+            .where(Notification.id.in_(list(status_of)))
+            .values(
+                status=case(*((Notification.id.in_(group), status) for status, group in by_status.items())),
+                fanned_out_at=now,
+                updated_at=now,
+            )
+        )
+    if done_before:  # a redelivered fan-out: enqueue again what still waits
+        pending.extend(
+            session.execute(
+                select(Delivery.platform, Notification.app_id, Delivery.id)
+                .join(Notification, Notification.id == Delivery.notification_id)
+                .where(Delivery.notification_id.in_(done_before), Delivery.status == DeliveryStatus.PENDING.value)
+                .order_by(Delivery.created_at)
+            ).all()
+        )
+    return chunked(pending, chunk_size)
 
 
 @dataclass(frozen=True)
@@ -121,165 +182,225 @@ class ClaimedDelivery:
 
     delivery_id: uuid.UUID
     device_id: uuid.UUID
-    token_hash: str
     token: str
+    token_hash: str
     platform: str
     attempts: int
     notification_id: uuid.UUID
     app_id: uuid.UUID
-    title: str
-    body: str
-    data: dict[str, Any]
-    expires_at: datetime
-    priority: str = "normal"
-    collapse_key: str | None = None
-    badge: int | None = None
-    sound: str | None = None
-    url: str | None = None
-
-    def remaining_ttl(self, now: datetime) -> int:
-        return max(int((self.expires_at - now).total_seconds()), 0)
+    message: Message
 
 
-def claim_deliveries(
-    session: Session, delivery_ids: Sequence[uuid.UUID], now: datetime, lease_seconds: int
-) -> list[ClaimedDelivery]:
-    """Atomically claim the open deliveries among ``delivery_ids``.
+@dataclass(frozen=True)
+class Claim:
+    """The deliveries one task holds, under one claim token."""
 
-    Claimable: pending, retrying, or sending with an expired lease (its worker
-    died). One UPDATE ... RETURNING decides, so of two workers holding the same
-    ids only one gets each delivery. Deliveries whose notification has expired
-    are closed as ``expired`` instead of being claimed.
+    token: uuid.UUID
+    deliveries: list[ClaimedDelivery]
+    # Each app's credentials version (apps.updated_at), for the workers' credential cache.
+    app_versions: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    closed: int = 0  # deliveries closed at claim time (expired, device gone, attempts exhausted)
+
+    def by_app(self) -> dict[uuid.UUID, list[ClaimedDelivery]]:
+        groups: dict[uuid.UUID, list[ClaimedDelivery]] = defaultdict(list)
+        for delivery in self.deliveries:
+            groups[delivery.app_id].append(delivery)
+        return dict(groups)
+
+
+def claim_chunk(
+    session: Session, delivery_ids: Sequence[uuid.UUID], now: datetime, lease_seconds: int, max_attempts: int
+) -> Claim:
+    """Atomically claim the open deliveries among ``delivery_ids`` with one statement.
+
+    Claimable: pending; retrying whose ``next_attempt_at`` is due; sending whose
+    lease ran out (its worker died). In the same UPDATE, deliveries that must not
+    be pushed are closed instead: the notification expired, the device was
+    disabled or unregistered after fan-out, or the attempts are used up. Of two
+    workers holding the same ids only one gets each delivery. On PostgreSQL the
+    UPDATE also returns the message, token and credentials version; elsewhere
+    (SQLite, for ``make run``) one SELECT follows.
     """
+    token = uuid.uuid4()
     if not delivery_ids:
-        return []
+        return Claim(token, [])
     lease_cutoff = now - timedelta(seconds=lease_seconds)
-    claimable = and_(
-        Delivery.id.in_(delivery_ids),
-        or_(
-            Delivery.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value]),
-            and_(Delivery.status == DeliveryStatus.SENDING.value, Delivery.claimed_at < lease_cutoff),
-        ),
+    expired = Notification.expires_at <= now
+    device_gone = Device.disabled_at.is_not(None)
+    exhausted = Delivery.attempts >= max_attempts
+    pushable = and_(~expired, ~device_gone, ~exhausted)
+    statement = (
+        update(Delivery)
+        .where(
+            Delivery.id.in_(list(delivery_ids)),
+            or_(
+                Delivery.status == DeliveryStatus.PENDING.value,
+                and_(
+                    Delivery.status == DeliveryStatus.RETRYING.value,
+                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                ),
+                and_(Delivery.status == DeliveryStatus.SENDING.value, Delivery.claimed_at < lease_cutoff),
+            ),
+            Notification.id == Delivery.notification_id,
+            Device.id == Delivery.device_id,
+        )
+        .values(
+            status=case(
+                (expired, DeliveryStatus.EXPIRED.value),
+                (device_gone, DeliveryStatus.REJECTED.value),
+                (exhausted, DeliveryStatus.FAILED.value),
+                else_=DeliveryStatus.SENDING.value,
+            ),
+            last_error=case(
+                (expired, "ttl expired before delivery"),
+                (device_gone, "device disabled before the push"),
+                (exhausted, f"gave up: {max_attempts} attempts used"),
+                else_=Delivery.last_error,
+            ),
+            attempts=case((pushable, Delivery.attempts + 1), else_=Delivery.attempts),
+            claimed_at=case((pushable, now), else_=None),
+            claim_token=case((pushable, literal(token, Delivery.claim_token.type)), else_=None),
+            next_attempt_at=None,
+            updated_at=now,
+        )
     )
-    expired_ids = list(
-        session.scalars(
-            update(Delivery)
-            .where(
-                claimable,
-                # Correlated: probes each claimed delivery's notification by primary key.
-                exists().where(Notification.id == Delivery.notification_id, Notification.expires_at <= now),
+    base = (Delivery.id, Delivery.status, Delivery.device_id, Delivery.platform, Delivery.attempts,
+            Delivery.notification_id)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            statement.returning(*base, Device.token, Device.token_hash, Notification.app_id,
+                                App.updated_at.label("app_version"), *_MESSAGE_COLUMNS)
+            .where(App.id == Notification.app_id)
+        ).mappings().all()
+    else:
+        claimed = session.execute(statement.returning(Delivery.id)).scalars().all()
+        rows = session.execute(
+            select(*base, Device.token, Device.token_hash, Notification.app_id,
+                   App.updated_at.label("app_version"), *_MESSAGE_COLUMNS)
+            .join(Notification, Notification.id == Delivery.notification_id)
+            .join(Device, Device.id == Delivery.device_id)
+            .join(App, App.id == Notification.app_id)
+            .where(Delivery.id.in_(claimed))
+        ).mappings().all() if claimed else []
+    deliveries, closed_notifications, versions = [], set(), {}
+    for row in rows:
+        if row["status"] != DeliveryStatus.SENDING.value:
+            closed_notifications.add(row["notification_id"])
+            continue
+        versions[row["app_id"]] = row["app_version"]
+        deliveries.append(
+            ClaimedDelivery(
+                delivery_id=row["id"], device_id=row["device_id"], token=row["token"], token_hash=row["token_hash"],
+                platform=row["platform"], attempts=row["attempts"], notification_id=row["notification_id"],
+                app_id=row["app_id"], message=Message.from_row(row),
             )
-            .values(status=DeliveryStatus.EXPIRED.value, last_error="ttl expired before delivery", updated_at=now)
-            .returning(Delivery.notification_id)
         )
-    )
-    claimed_ids = list(
-        session.scalars(
-            update(Delivery)
-            .where(claimable)
-            .values(
-                status=DeliveryStatus.SENDING.value,
-                claimed_at=now,
-                attempts=Delivery.attempts + 1,
-                updated_at=now,
-            )
-            .returning(Delivery.id)
-        )
-    )
-    if expired_ids:
-        refresh_statuses(session, expired_ids, now)
-    if not claimed_ids:
-        return []
-    rows = session.execute(
-        select(
-            Delivery.id,
-            Delivery.device_id,
-            Device.token_hash,
-            Device.token,
-            Delivery.platform,
-            Delivery.attempts,
-            Notification.id,
-            Notification.app_id,
-            Notification.title,
-            Notification.body,
-            Notification.data,
-            Notification.expires_at,
-            Notification.priority,
-            Notification.collapse_key,
-            Notification.badge,
-            Notification.sound,
-            Notification.url,
-        )
-        .join(Device, Device.id == Delivery.device_id)
-        .join(Notification, Notification.id == Delivery.notification_id)
-        .where(Delivery.id.in_(claimed_ids))
-    ).all()
-    return [ClaimedDelivery(*row) for row in rows]
+    if closed_notifications:
+        refresh_statuses(session, closed_notifications, now)
+    return Claim(token, deliveries, versions, len(rows) - len(deliveries))
+
+
+def _values_by_id(ids: Sequence[uuid.UUID], values: Sequence[Any], column: Any) -> Any:
+    """A CASE choosing, per delivery id, its own value: lets one UPDATE write a whole chunk."""
+    distinct = {value for value in values if value is not None}
+    if not distinct:
+        return None
+    if len(distinct) == 1 and None not in values:
+        return distinct.pop()
+    return case(*((Delivery.id == i, literal(v, column.type)) for i, v in zip(ids, values) if v is not None))
+
+
+def outcome_values(
+    claimed: ClaimedDelivery, outcome: Outcome, now: datetime, policy: RetryPolicy
+) -> dict[str, Any]:
+    """What one outcome writes into its delivery row."""
+    if outcome.kind is OutcomeKind.SENT:
+        return {"status": DeliveryStatus.SENT.value, "vendor_message_id": outcome.vendor_message_id,
+                "sent_at": now, "last_error": None, "next_attempt_at": None}
+    if outcome.kind is OutcomeKind.DEAD_TOKEN:
+        return {"status": DeliveryStatus.DEAD_TOKEN.value, "last_error": outcome.reason}
+    if outcome.kind is OutcomeKind.REJECTED:
+        return {"status": DeliveryStatus.REJECTED.value, "last_error": outcome.reason}
+    if claimed.attempts >= policy.max_attempts:
+        return {"status": DeliveryStatus.FAILED.value,
+                "last_error": f"gave up after {claimed.attempts} attempts: {outcome.reason}"}
+    due = now + timedelta(seconds=policy.delay(claimed.attempts, outcome.retry_after))
+    if due >= claimed.message.expires_at:
+        return {"status": DeliveryStatus.EXPIRED.value, "last_error": f"ttl expires before retry: {outcome.reason}"}
+    return {"status": DeliveryStatus.RETRYING.value, "last_error": outcome.reason, "next_attempt_at": due}
+
+
+_OUTCOME_COLUMNS = ("status", "vendor_message_id", "sent_at", "last_error", "next_attempt_at")
 
 
 def record_outcomes(
     session: Session,
-    results: Iterable[tuple[ClaimedDelivery, Outcome]],
+    claim_token: uuid.UUID,
+    results: Sequence[tuple[ClaimedDelivery, Outcome]],
     now: datetime,
     policy: RetryPolicy,
-) -> None:
-    """Write each attempt's outcome, disable dead devices, refresh notification statuses."""
-    touched: set[uuid.UUID] = set()
-    truncated: set[uuid.UUID] = set()
-    for claimed, outcome in results:
-        touched.add(claimed.notification_id)
-        if outcome.truncated:
-            truncated.add(claimed.notification_id)
-        values: dict[str, Any] = {"updated_at": now, "claimed_at": None, "next_attempt_at": None}
-        if outcome.kind is OutcomeKind.SENT:
-            values.update(
-                status=DeliveryStatus.SENT.value,
-                vendor_message_id=outcome.vendor_message_id,
-                sent_at=now,
-                last_error=None,
-            )
-        elif outcome.kind is OutcomeKind.DEAD_TOKEN:
-            values.update(status=DeliveryStatus.DEAD_TOKEN.value, last_error=outcome.reason)
-            disable_device(session, claimed.device_id, claimed.token_hash, outcome.reason or "dead token", now)
-        elif outcome.kind is OutcomeKind.REJECTED:
-            values.update(status=DeliveryStatus.REJECTED.value, last_error=outcome.reason)
-        elif claimed.attempts >= policy.max_attempts:
-            values.update(
-                status=DeliveryStatus.FAILED.value,
-                last_error=f"gave up after {claimed.attempts} attempts: {outcome.reason}",
-            )
-        else:
-            due = now + timedelta(seconds=policy.delay(claimed.attempts, outcome.retry_after))
-            if due >= claimed.expires_at:
-                values.update(status=DeliveryStatus.EXPIRED.value, last_error=f"ttl expires before retry: {outcome.reason}")
-            else:
-                values.update(status=DeliveryStatus.RETRYING.value, last_error=outcome.reason, next_attempt_at=due)
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id == claimed.delivery_id, Delivery.status == DeliveryStatus.SENDING.value)
-            .values(**values)
+) -> int:
+    """Write a chunk's outcomes; returns how many were written.
+
+    One UPDATE for every delivery of the chunk, conditional on the claim token,
+    so a worker whose lease ran out and whose deliveries were claimed again
+    cannot overwrite the newer claim's outcome. Dead devices are disabled in one
+    statement (only if their token is still the one that failed), then the
+    notifications' statuses are refreshed.
+    """
+    if not results:
+        return 0
+    rows = [(claimed, outcome_values(claimed, outcome, now, policy)) for claimed, outcome in results]
+    ids = [claimed.delivery_id for claimed, _ in rows]
+    values: dict[str, Any] = {"updated_at": now, "claimed_at": None, "claim_token": None}
+    for name in _OUTCOME_COLUMNS:
+        column = getattr(Delivery, name)
+        written = [row.get(name) for _, row in rows]
+        values[name] = _values_by_id(ids, written, column)
+    written_count = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(ids),
+            Delivery.claim_token == claim_token,
+            Delivery.status == DeliveryStatus.SENDING.value,
         )
-    if truncated:
-        session.execute(update(Notification).where(Notification.id.in_(truncated)).values(truncated=True))
-    refresh_statuses(session, sorted(touched), now)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    dead = [(claimed, outcome) for claimed, outcome in results if outcome.kind is OutcomeKind.DEAD_TOKEN]
+    if dead:
+        disable_devices(session, [(c.device_id, c.token_hash, o.reason or "dead token") for c, o in dead], now)
+    truncated = {claimed.notification_id for claimed, outcome in results if outcome.truncated}
+    refresh_statuses(session, {claimed.notification_id for claimed, _ in results}, now, truncated=truncated)
+    return written_count
+
+
+def disable_devices(session: Session, devices: Sequence[tuple[uuid.UUID, str, str]], now: datetime) -> int:
+    """Disable devices whose tokens a vendor declared dead, in one statement.
+
+    Each is conditional on the token still being the one that failed: a device
+    re-registered meanwhile with a new token stays active.
+    """
+    if not devices:
+        return 0
+    return session.execute(
+        update(Device)
+        .where(
+            tuple_(Device.id, Device.token_hash).in_([(device_id, token_hash) for device_id, token_hash, _ in devices]),
+            Device.disabled_at.is_(None),
+        )
+        .values(disabled_at=now, disabled_reason=case(*((Device.id == device_id, reason) for device_id, _, reason in devices)))
+        .execution_options(synchronize_session=False)
+    ).rowcount
 
 
 def disable_device(session: Session, device_id: uuid.UUID, token_hash: str, reason: str, now: datetime) -> bool:
-    """Disable a device whose token the vendor declared dead.
-
-    Conditional on the token still being the one that failed: if the device was
-    re-registered meanwhile with a new token, the fresh registration stands.
-    """
-    result = session.execute(
-        update(Device)
-        .where(Device.id == device_id, Device.token_hash == token_hash, Device.disabled_at.is_(None))
-        .values(disabled_at=now, disabled_reason=reason)
-    )
-    return bool(result.rowcount)
+    """Disable one device whose token was declared dead (see :func:`disable_devices`)."""
+    return bool(disable_devices(session, [(device_id, token_hash, reason)], now))
 
 
 def aggregate_status(counts: dict[str, int]) -> str:
-    """A notification's status from its deliveries' status counts."""
+    """A notification's status from its deliveries' status counts (the rule :func:`refresh_statuses` runs in SQL)."""
     total = sum(counts.values())
     if total == 0:
         return NotificationStatus.NO_DEVICES.value
@@ -295,32 +416,53 @@ def aggregate_status(counts: dict[str, int]) -> str:
     return NotificationStatus.FAILED.value
 
 
-def refresh_statuses(session: Session, notification_ids: Sequence[uuid.UUID], now: datetime) -> None:
-    """Recompute notification statuses from their deliveries.
+def _status_from_deliveries() -> Any:
+    """The SQL form of :func:`aggregate_status`, correlated to the notification being updated."""
+    d = aliased(Delivery)
 
-    The notification rows are locked (in id order, so concurrent workers cannot
-    deadlock) before counting, so the count sees every committed outcome of a
-    concurrent worker and the last writer always writes the final status.
+    def count_of(*statuses: str) -> Any:
+        return func.sum(case((d.status.in_(statuses), 1), else_=0))
+
+    total, sent = func.count(), count_of(DeliveryStatus.SENT.value)
+    return (
+        select(
+            case(
+                (count_of(*OPEN) > 0, NotificationStatus.SENDING.value),
+                (sent == total, NotificationStatus.DELIVERED.value),
+                (sent > 0, NotificationStatus.PARTIALLY_DELIVERED.value),
+                (count_of(DeliveryStatus.EXPIRED.value) == total, NotificationStatus.EXPIRED.value),
+                else_=NotificationStatus.FAILED.value,
+            )
+        )
+        .where(d.notification_id == Notification.id)
+        .scalar_subquery()
+    )
+
+
+def refresh_statuses(
+    session: Session, notification_ids: Collection[uuid.UUID], now: datetime, *, truncated: Collection[uuid.UUID] = ()
+) -> None:
+    """Recompute notification statuses from their deliveries: two statements for any number.
+
+    The notification rows are locked first (in id order, so concurrent workers
+    cannot deadlock); the UPDATE that follows runs on a snapshot taken after the
+    lock, so it counts every committed outcome of a concurrent worker and the
+    last writer always writes the final status. Notifications without
+    deliveries keep the status fan-out gave them.
     """
     ids = sorted(set(notification_ids))
     if not ids:
         return
     session.execute(select(Notification.id).where(Notification.id.in_(ids)).order_by(Notification.id).with_for_update())
-    counts: dict[uuid.UUID, dict[str, int]] = {notification_id: {} for notification_id in ids}
-    for notification_id, status, count in session.execute(
-        select(Delivery.notification_id, Delivery.status, func.count())
-        .where(Delivery.notification_id.in_(ids))
-        .group_by(Delivery.notification_id, Delivery.status)
-    ):
-        counts[notification_id][status] = count
-    for notification_id, by_status in counts.items():
-        if not by_status:
-            continue  # not fanned out yet, or no devices: fan_out sets those
-        session.execute(
-            update(Notification)
-            .where(Notification.id == notification_id)
-            .values(status=aggregate_status(by_status), updated_at=now)
-        )
+    values: dict[str, Any] = {"status": _status_from_deliveries(), "updated_at": now}
+    if truncated:
+        values["truncated"] = case((Notification.id.in_(sorted(truncated)), True), else_=Notification.truncated)
+    session.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids), exists().where(Delivery.notification_id == Notification.id))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def stale_queued_notifications(session: Session, now: datetime, older_than_seconds: int, limit: int = 1000) -> list[uuid.UUID]:
@@ -341,9 +483,9 @@ def stale_queued_notifications(session: Session, now: datetime, older_than_secon
 
 
 def release_due_deliveries(
-    session: Session, now: datetime, stale_pending_seconds: int, lease_seconds: int
-) -> dict[str, list[uuid.UUID]]:
-    """Make due work pending again and return it per platform, to be enqueued after commit.
+    session: Session, now: datetime, stale_pending_seconds: int, lease_seconds: int, chunk_size: int
+) -> list[Chunk]:
+    """Make due work pending again and return it in chunks, to be enqueued after commit.
 
     Due: retries whose time has come, pending deliveries whose enqueue was lost
     (untouched for ``stale_pending_seconds``), and claims whose lease ran out
@@ -368,11 +510,18 @@ def release_due_deliveries(
         for row in session.execute(
             update(Delivery)
             .where(due)
-            .values(status=DeliveryStatus.PENDING.value, next_attempt_at=None, claimed_at=None, updated_at=now)
-            .returning(Delivery.platform, Delivery.id)
+            .values(status=DeliveryStatus.PENDING.value, next_attempt_at=None, claimed_at=None, claim_token=None,
+                    updated_at=now)
+            .returning(Delivery.platform, Delivery.notification_id, Delivery.id)
+            .execution_options(synchronize_session=False)
         )
     ]
-    groups: dict[str, list[uuid.UUID]] = defaultdict(list)
-    for platform, delivery_id in rows:
-        groups[platform].append(delivery_id)
-    return dict(groups)
+    if not rows:
+        return []
+    apps = dict(
+        session.execute(
+            select(Notification.id, Notification.app_id).where(Notification.id.in_({r[1] for r in rows}))
+        ).all()
+    )
+    return chunked(((platform, apps[notification_id], delivery_id) for platform, notification_id, delivery_id in rows),
+                   chunk_size)

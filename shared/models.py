@@ -126,6 +126,8 @@ class App(Base):
     # Notifications per UTC day (one per target user); None: PUSHQ_DEFAULT_DAILY_QUOTA.
     daily_quota: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Moves whenever credentials change: workers key their per-process credential cache on it.
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class OAuthClient(Base):
@@ -263,6 +265,8 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column()
     claimed_at: Mapped[datetime | None] = mapped_column()
+    # The claim (one per claimed chunk) holding this delivery; outcomes are written only under it.
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     sent_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

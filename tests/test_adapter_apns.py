@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.delivery import ClaimedDelivery
+from tests.helpers import claimed_delivery
 from shared.outcomes import OutcomeKind
 from standins.apns import ApnsStandin
 from workers.adapters.apns import MAX_PAYLOAD_BYTES, ApnsAdapter
@@ -61,13 +62,7 @@ def credentials(*, sandbox: bool = False, private_pem: str = PRIVATE_PEM, key_id
 
 
 def delivery(token: str, now: datetime, *, ttl: int = 3600, **fields) -> ClaimedDelivery:
-    values = dict(
-        delivery_id=uuid.uuid4(), device_id=uuid.uuid4(), token_hash="hash-" + token[:8], token=token,
-        platform="ios", attempts=1, notification_id=uuid.uuid4(), app_id=uuid.uuid4(),
-        title="Hello", body="World", data={}, expires_at=now + timedelta(seconds=ttl),
-    )
-    values.update(fields)
-    return ClaimedDelivery(**values)
+    return claimed_delivery(token, "ios", expires_at=now + timedelta(seconds=ttl), **fields)
 
 
 def utcnow() -> datetime:
@@ -135,7 +130,7 @@ def test_sent_with_apns_id_headers_and_payload(standin, adapter):
     plain = delivery(plain_token, now, ttl=60)
 
     before = int(time.time())
-    outcomes = adapter.send_many(credentials(), [rich, plain], now)
+    outcomes = adapter.send_many(credentials(), [rich, plain])
     after = int(time.time())
 
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT, OutcomeKind.SENT]
@@ -169,7 +164,7 @@ def test_chunk_of_50_shares_a_connection_and_one_provider_token(standin, adapter
     tokens = [device_token() for _ in range(50)]
     chunk = [delivery(t, now, body=f"n{i}") for i, t in enumerate(tokens)]
 
-    assert {o.kind for o in adapter.send_many(credentials(), chunk, now)} == {OutcomeKind.SENT}
+    assert {o.kind for o in adapter.send_many(credentials(), chunk)} == {OutcomeKind.SENT}
     assert standin.connections_accepted <= 2
     assert standin.provider_token_count == 1
     for i, token in enumerate(tokens):
@@ -178,7 +173,7 @@ def test_chunk_of_50_shares_a_connection_and_one_provider_token(standin, adapter
     # The next task reuses the connection and the provider token.
     app = credentials()
     again = [delivery(t, now) for t in tokens[:10]]
-    assert {o.kind for o in adapter.send_many(app, again, now)} == {OutcomeKind.SENT}
+    assert {o.kind for o in adapter.send_many(app, again)} == {OutcomeKind.SENT}
     assert standin.connections_accepted <= 3  # another app = another client, one more connection at most
     assert standin.provider_token_count == 2  # one per client, not per connection or request
 
@@ -186,7 +181,7 @@ def test_chunk_of_50_shares_a_connection_and_one_provider_token(standin, adapter
 def test_same_app_reuses_connection_across_calls(standin, adapter):
     app, now = credentials(), utcnow()
     for _ in range(3):
-        assert adapter.send_many(app, [delivery(device_token(), now)], now)[0].kind is OutcomeKind.SENT
+        assert adapter.send_many(app, [delivery(device_token(), now)])[0].kind is OutcomeKind.SENT
     assert standin.connections_accepted == 1
     assert standin.provider_token_count == 1
 
@@ -211,7 +206,7 @@ def test_error_reasons_map_to_outcomes(standin, adapter, reason, kind, words):
     token, fine = device_token(), device_token()
     standin.set_behavior(token, reason)
 
-    failed, ok = adapter.send_many(credentials(), [delivery(token, now), delivery(fine, now)], now)
+    failed, ok = adapter.send_many(credentials(), [delivery(token, now), delivery(fine, now)])
 
     assert failed.kind is kind
     assert words in failed.reason
@@ -224,7 +219,7 @@ def test_error_reasons_map_to_outcomes(standin, adapter, reason, kind, words):
 def test_bad_device_token_names_the_sandbox(standin, adapter):
     now, token = utcnow(), device_token()
     standin.set_behavior(token, "BadDeviceToken")
-    (outcome,) = adapter.send_many(credentials(sandbox=True), [delivery(token, now)], now)
+    (outcome,) = adapter.send_many(credentials(sandbox=True), [delivery(token, now)])
     assert outcome.kind is OutcomeKind.DEAD_TOKEN
     assert outcome.reason == "BadDeviceToken (sent to sandbox; a production token?)"
 
@@ -232,7 +227,7 @@ def test_bad_device_token_names_the_sandbox(standin, adapter):
 def test_too_many_requests_keeps_retry_after(standin, adapter):
     now, token = utcnow(), device_token()
     standin.set_behavior(token, "TooManyRequests", retry_after=30)
-    (outcome,) = adapter.send_many(credentials(), [delivery(token, now)], now)
+    (outcome,) = adapter.send_many(credentials(), [delivery(token, now)])
     assert outcome.kind is OutcomeKind.RETRY
     assert outcome.retry_after == 30.0
 
@@ -241,7 +236,7 @@ def test_key_the_standin_does_not_trust_is_rejected(standin, adapter):
     now, token = utcnow(), device_token()
     stranger_pem, _ = new_key()
     for app in (credentials(private_pem=stranger_pem), credentials(private_pem=stranger_pem, key_id="OTHERKEY01")):
-        (outcome,) = adapter.send_many(app, [delivery(token, now)], now)
+        (outcome,) = adapter.send_many(app, [delivery(token, now)])
         assert outcome.kind is OutcomeKind.REJECTED
         assert outcome.reason == "InvalidProviderToken: check the app's APNs key id/team id"
     assert standin.messages(token) == []
@@ -250,7 +245,7 @@ def test_key_the_standin_does_not_trust_is_rejected(standin, adapter):
 def test_a_key_that_is_not_ec_p256_pem_is_rejected_without_connecting(standin, adapter):
     now = utcnow()
     for pem in ("not a key", PUBLIC_PEM):
-        (outcome,) = adapter.send_many(credentials(private_pem=pem), [delivery(device_token(), now)], now)
+        (outcome,) = adapter.send_many(credentials(private_pem=pem), [delivery(device_token(), now)])
         assert outcome.kind is OutcomeKind.REJECTED
         assert "EC P-256" in outcome.reason
     assert standin.connections_accepted == 0
@@ -258,17 +253,17 @@ def test_a_key_that_is_not_ec_p256_pem_is_rejected_without_connecting(standin, a
 
 def test_app_without_apns_credentials_is_rejected(standin, adapter):
     now = utcnow()
-    outcomes = adapter.send_many(credentials(apns=False), [delivery(device_token(), now) for _ in range(3)], now)
+    outcomes = adapter.send_many(credentials(apns=False), [delivery(device_token(), now) for _ in range(3)])
     assert [(o.kind, o.reason) for o in outcomes] == [(OutcomeKind.REJECTED, "app has no APNs credentials")] * 3
     assert standin.connections_accepted == 0
-    assert adapter.send_many(credentials(), [], now) == []
+    assert adapter.send_many(credentials(), []) == []
 
 
 # ----------------------------------------------------------------- payload size
 def test_oversize_body_is_truncated_to_fit(standin, adapter):
     now, token = utcnow(), device_token()
     body = "Lorem ipsum dolor sit amet, é ☕ " * 300  # ~10 KB of UTF-8
-    (outcome,) = adapter.send_many(credentials(), [delivery(token, now, body=body, data={"k": "v"})], now)
+    (outcome,) = adapter.send_many(credentials(), [delivery(token, now, body=body, data={"k": "v"})])
 
     assert outcome.kind is OutcomeKind.SENT
     assert outcome.truncated
@@ -286,7 +281,7 @@ def test_oversize_body_is_truncated_to_fit(standin, adapter):
 ])
 def test_too_big_even_with_an_empty_body_is_rejected(standin, adapter, fields):
     now, token = utcnow(), device_token()
-    (outcome,) = adapter.send_many(credentials(), [delivery(token, now, **fields)], now)
+    (outcome,) = adapter.send_many(credentials(), [delivery(token, now, **fields)])
     assert outcome.kind is OutcomeKind.REJECTED
     assert outcome.reason.startswith("payload too large for APNs")
     assert standin.attempts(token) == 0
@@ -300,13 +295,13 @@ def test_stalled_stream_times_out_and_the_adapter_recovers(standin, make_adapter
     standin.set_behavior(stalled, None, delay=3600)
 
     started = time.monotonic()
-    (outcome,) = adapter.send_many(app, [delivery(stalled, now)], now)
+    (outcome,) = adapter.send_many(app, [delivery(stalled, now)])
     assert time.monotonic() - started < 0.5 + 0.5 + 0.5
     assert outcome.kind is OutcomeKind.RETRY
     assert outcome.reason == "APNs timed out"
 
     fine = device_token()
-    (outcome,) = adapter.send_many(app, [delivery(fine, now)], now)
+    (outcome,) = adapter.send_many(app, [delivery(fine, now)])
     assert outcome.kind is OutcomeKind.SENT
     assert len(standin.messages(fine)) == 1
     assert standin.messages(stalled) == []
@@ -318,14 +313,14 @@ def test_a_standin_stalling_every_stream_cannot_hold_the_worker(standin, make_ad
     standin.set_behavior("*", None, delay=3600)
 
     started = time.monotonic()
-    outcomes = adapter.send_many(app, [delivery(device_token(), now) for _ in range(20)], now)
+    outcomes = adapter.send_many(app, [delivery(device_token(), now) for _ in range(20)])
     assert time.monotonic() - started < 0.5 + 0.5 + 0.5
     assert {o.kind for o in outcomes} == {OutcomeKind.RETRY}
     # every stream timed out, or its silent connection was dropped meanwhile
     assert {o.reason for o in outcomes} <= {"APNs timed out", "connection lost"}
 
     standin.clear_behavior("*")
-    assert adapter.send_many(app, [delivery(device_token(), now)], now)[0].kind is OutcomeKind.SENT
+    assert adapter.send_many(app, [delivery(device_token(), now)])[0].kind is OutcomeKind.SENT
 
 
 def test_connecting_is_bounded_by_connect_timeout(make_adapter):
@@ -334,7 +329,7 @@ def test_connecting_is_bounded_by_connect_timeout(make_adapter):
         adapter = make_adapter(port=silent.getsockname()[1], connect_timeout=0.3, read_timeout=0.3)
         now = utcnow()
         started = time.monotonic()
-        outcomes = adapter.send_many(credentials(), [delivery(device_token(), now) for _ in range(3)], now)
+        outcomes = adapter.send_many(credentials(), [delivery(device_token(), now) for _ in range(3)])
         assert time.monotonic() - started < 0.3 + 0.3 + 0.5
         assert [(o.kind, o.reason) for o in outcomes] == [(OutcomeKind.RETRY, "timed out connecting to APNs")] * 3
         adapter.close()
@@ -344,12 +339,12 @@ def test_refused_and_untrusted_connections_are_retried(standin, make_adapter):
     with socket.create_server(("127.0.0.1", 0)) as placeholder:
         closed_port = placeholder.getsockname()[1]
     now = utcnow()
-    (refused,) = make_adapter(port=closed_port).send_many(credentials(), [delivery(device_token(), now)], now)
+    (refused,) = make_adapter(port=closed_port).send_many(credentials(), [delivery(device_token(), now)])
     assert refused.kind is OutcomeKind.RETRY
     assert refused.reason.startswith("cannot connect to APNs")
 
     # Without the stand-in's CA the certificate is not trusted.
-    (untrusted,) = make_adapter(ca_file=None).send_many(credentials(), [delivery(device_token(), now)], now)
+    (untrusted,) = make_adapter(ca_file=None).send_many(credentials(), [delivery(device_token(), now)])
     assert untrusted.kind is OutcomeKind.RETRY
     assert "SSLCertVerificationError" in untrusted.reason
 
@@ -359,7 +354,7 @@ def test_connection_lost_after_write_is_retry_and_not_resent(standin, adapter):
     now, token = utcnow(), device_token()
     standin.set_behavior(token, None, delay=3600)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(adapter.send_many, credentials(), [delivery(token, now)], now)
+        pending = pool.submit(adapter.send_many, credentials(), [delivery(token, now)])
         wait_until(lambda: standin.attempts(token) == 1)
         # The server drops the connection while the request is in flight.
         assert standin._loop is not None
@@ -369,7 +364,7 @@ def test_connection_lost_after_write_is_retry_and_not_resent(standin, adapter):
     assert standin.attempts(token) == 1
     assert standin.connections_accepted == 1
     standin.clear_behavior(token)
-    assert adapter.send_many(credentials(), [delivery(token, now)], now)[0].kind is OutcomeKind.SENT
+    assert adapter.send_many(credentials(), [delivery(token, now)])[0].kind is OutcomeKind.SENT
 
 
 # --------------------------------------------------------- aioapns 4.0 defects
@@ -382,12 +377,12 @@ def test_late_answer_after_timeout_keeps_the_connection(standin, make_adapter, l
     slow, fast = device_token(), device_token()
     standin.set_behavior(slow, late_reason, delay=1.2, times=1)
 
-    timed_out, sent = adapter.send_many(app, [delivery(slow, now), delivery(fast, now)], now)
+    timed_out, sent = adapter.send_many(app, [delivery(slow, now), delivery(fast, now)])
     assert (timed_out.kind, timed_out.reason) == (OutcomeKind.RETRY, "APNs timed out")
     assert sent.kind is OutcomeKind.SENT
 
     wait_until(lambda: adapter.late_answers == 1)  # the late answer reached the client
-    outcomes = adapter.send_many(app, [delivery(slow, now), delivery(fast, now)], now)
+    outcomes = adapter.send_many(app, [delivery(slow, now), delivery(fast, now)])
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT, OutcomeKind.SENT]
     assert standin.connections_accepted == 1  # the late answer did not kill the connection
     assert standin.attempts(slow) == 2 and standin.attempts(fast) == 2  # nothing re-sent
@@ -404,12 +399,12 @@ def test_many_error_answers_on_one_connection_do_not_stall_it(standin, make_adap
 
     started = time.monotonic()
     for _ in range(6):  # 6 tasks of 500: 3000 error bodies, ~80 KiB
-        outcomes = adapter.send_many(app, [delivery(bad, now) for _ in range(500)], now)
+        outcomes = adapter.send_many(app, [delivery(bad, now) for _ in range(500)])
         assert {o.kind for o in outcomes} == {OutcomeKind.DEAD_TOKEN}
     standin.set_behavior(bad, "Unregistered")
-    assert adapter.send_many(app, [delivery(bad, now)], now)[0].kind is OutcomeKind.DEAD_TOKEN
+    assert adapter.send_many(app, [delivery(bad, now)])[0].kind is OutcomeKind.DEAD_TOKEN
     fine = device_token()
-    assert adapter.send_many(app, [delivery(fine, now)], now)[0].kind is OutcomeKind.SENT
+    assert adapter.send_many(app, [delivery(fine, now)])[0].kind is OutcomeKind.SENT
     assert time.monotonic() - started < 10
     assert standin.connections_accepted == 1
     assert standin.attempts(bad) == 3001
@@ -421,7 +416,7 @@ def test_close_leaves_no_open_sockets_and_can_start_again(standin):
     adapter = ApnsAdapter(host="127.0.0.1", port=standin.port, ca_file=standin.certificate.ca_path)
     now = utcnow()
     for sandbox in (False, True):  # two clients, two connections
-        assert adapter.send_many(credentials(sandbox=sandbox), [delivery(device_token(), now)], now)[0].kind \
+        assert adapter.send_many(credentials(sandbox=sandbox), [delivery(device_token(), now)])[0].kind \
             is OutcomeKind.SENT
     assert standin.connections_accepted == 2
     thread = adapter._thread
@@ -437,6 +432,6 @@ def test_close_leaves_no_open_sockets_and_can_start_again(standin):
 
     # close() is idempotent, and the adapter starts afresh when used again
     adapter.close()
-    assert adapter.send_many(credentials(), [delivery(device_token(), now)], now)[0].kind is OutcomeKind.SENT
+    assert adapter.send_many(credentials(), [delivery(device_token(), now)])[0].kind is OutcomeKind.SENT
     adapter.close()
     wait_until(lambda: socket_fds() <= before)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from shared.delivery import ClaimedDelivery
+from tests.helpers import claimed_delivery
 from shared.outcomes import Outcome, OutcomeKind
 from standins.fcm import FcmStandin
 from workers.adapters.base import AppCredentials
@@ -65,7 +66,7 @@ def fcm(standin: FcmStandin) -> FcmStandin:
 
 @pytest.fixture
 def adapter(fcm: FcmStandin) -> Iterator[FcmAdapter]:
-    adapter = FcmAdapter(2.0, 5.0, base_url=fcm.base_url, max_workers=8)
+    adapter = FcmAdapter(2.0, 5.0, base_url=fcm.base_url, max_workers=8, clock=lambda: NOW)
     yield adapter
     adapter.close()
 
@@ -87,26 +88,11 @@ def app(service_account: str) -> AppCredentials:
 
 
 def delivery(token: str | None = None, *, ttl: float = 3600, **fields: Any) -> ClaimedDelivery:
-    values: dict[str, Any] = {
-        "delivery_id": uuid.uuid4(),
-        "device_id": uuid.uuid4(),
-        "token_hash": uuid.uuid4().hex,
-        "token": token or device_token(),
-        "platform": "android",
-        "attempts": 1,
-        "notification_id": uuid.uuid4(),
-        "app_id": uuid.uuid4(),
-        "title": "Hello",
-        "body": "World",
-        "data": {},
-        "expires_at": NOW + timedelta(seconds=ttl),
-    }
-    values.update(fields)
-    return ClaimedDelivery(**values)
+    return claimed_delivery(token or device_token(), "android", expires_at=NOW + timedelta(seconds=ttl), **fields)
 
 
 def send_one(adapter: FcmAdapter, app: AppCredentials, d: ClaimedDelivery) -> Outcome:
-    [outcome] = adapter.send_many(app, [d], NOW)
+    [outcome] = adapter.send_many(app, [d])
     return outcome
 
 
@@ -179,7 +165,7 @@ def test_project_id_falls_back_to_the_service_account(adapter, fcm, service_acco
 def test_chunk_reuses_connections_and_one_access_token(adapter, fcm, app):
     first = [delivery() for _ in range(30)]
     second = [delivery() for _ in range(30)]
-    outcomes = adapter.send_many(app, first, NOW) + adapter.send_many(app, second, NOW)
+    outcomes = adapter.send_many(app, first) + adapter.send_many(app, second)
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT] * 60
     for d, outcome in zip(first + second, outcomes):
         [recorded] = fcm.messages(d.token)
@@ -192,7 +178,7 @@ def test_chunk_reuses_connections_and_one_access_token(adapter, fcm, app):
 def test_concurrent_chunks_refresh_the_token_once(adapter, fcm, app):
     chunks = [[delivery() for _ in range(10)] for _ in range(4)]
     results: list[list[Outcome]] = []
-    threads = [threading.Thread(target=lambda c=c: results.append(adapter.send_many(app, c, NOW))) for c in chunks]
+    threads = [threading.Thread(target=lambda c=c: results.append(adapter.send_many(app, c))) for c in chunks]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -214,7 +200,7 @@ def test_outcomes_keep_the_order_of_a_mixed_chunk(adapter, fcm, app):
     fcm.set_behavior(chunk[1].token, "UNREGISTERED")
     fcm.set_behavior(chunk[3].token, "UNAVAILABLE")
     fcm.set_behavior(chunk[4].token, "INVALID_ARGUMENT")
-    kinds = [o.kind for o in adapter.send_many(app, chunk, NOW)]
+    kinds = [o.kind for o in adapter.send_many(app, chunk)]
     assert kinds == [
         OutcomeKind.SENT,
         OutcomeKind.DEAD_TOKEN,
@@ -223,7 +209,7 @@ def test_outcomes_keep_the_order_of_a_mixed_chunk(adapter, fcm, app):
         OutcomeKind.REJECTED,
         OutcomeKind.SENT,
     ]
-    assert adapter.send_many(app, [], NOW) == []
+    assert adapter.send_many(app, []) == []
 
 
 # --------------------------------------------------------------------------
@@ -308,7 +294,7 @@ def test_service_account_refused_by_token_endpoint_is_rejected(adapter, fcm, sta
     info = standin.new_service_account(PROJECT)
     info["private_key_id"] = "f" * 40  # the assertion's kid no longer matches: invalid_grant
     chunk = [delivery(), delivery()]
-    outcomes = adapter.send_many(make_app(json.dumps(info)), chunk, NOW)
+    outcomes = adapter.send_many(make_app(json.dumps(info)), chunk)
     assert [o.kind for o in outcomes] == [OutcomeKind.REJECTED] * 2
     assert "invalid_grant" in outcomes[0].reason
     assert fcm.token_requests == 0
@@ -335,14 +321,14 @@ def test_unreachable_token_endpoint_is_retried(adapter, fcm, standin):
 )
 def test_missing_or_broken_credentials_are_rejected(adapter, fcm, service_account, project_id, reason):
     d = delivery()
-    [outcome] = adapter.send_many(make_app(service_account, project_id), [d], NOW)
+    [outcome] = adapter.send_many(make_app(service_account, project_id), [d])
     assert outcome.kind is OutcomeKind.REJECTED
     assert reason in outcome.reason
     assert fcm.attempts(d.token) == 0
 
 
 def test_stalled_fcm_is_retried_after_the_read_timeout(fcm, app):
-    adapter = FcmAdapter(1.0, 0.3, base_url=fcm.base_url, max_workers=2)
+    adapter = FcmAdapter(1.0, 0.3, base_url=fcm.base_url, max_workers=2, clock=lambda: NOW)
     try:
         send_one(adapter, app, delivery())  # fetch the access token first
         d = delivery()
@@ -358,9 +344,9 @@ def test_stalled_fcm_is_retried_after_the_read_timeout(fcm, app):
 
 
 def test_unreachable_fcm_is_retried(app, service_account, fcm):
-    adapter = FcmAdapter(1.0, 1.0, base_url=f"http://127.0.0.1:{closed_port()}", max_workers=2)
+    adapter = FcmAdapter(1.0, 1.0, base_url=f"http://127.0.0.1:{closed_port()}", max_workers=2, clock=lambda: NOW)
     try:
-        outcomes = adapter.send_many(app, [delivery(), delivery()], NOW)
+        outcomes = adapter.send_many(app, [delivery(), delivery()])
     finally:
         adapter.close()
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY] * 2
@@ -443,8 +429,8 @@ def test_status_decides_when_error_code_is_missing_for_quota():
 def test_close_leaves_no_resource_warning(fcm, app):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        adapter = FcmAdapter(2.0, 5.0, base_url=fcm.base_url, max_workers=4)
-        outcomes = adapter.send_many(app, [delivery() for _ in range(8)], NOW)
+        adapter = FcmAdapter(2.0, 5.0, base_url=fcm.base_url, max_workers=4, clock=lambda: NOW)
+        outcomes = adapter.send_many(app, [delivery() for _ in range(8)])
         adapter.close()
         adapter.close()  # idempotent
         del adapter

@@ -28,6 +28,12 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=[Queue(name) for name in ALL_QUEUES],
         task_default_queue=FANOUT_QUEUE,
         task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        # A chunk's worst case (pushes bounded by the push deadline) stays under these, and
+        # the claim lease is longer than the hard limit (Settings.validate), so no live
+        # worker's deliveries are ever claimed by another.
+        task_annotations={
+            DELIVER_TASK: dict(zip(("soft_time_limit", "time_limit"), settings.deliver_time_limits)),
+        },
         # A task is acknowledged only after it ran, and re-queued if its worker
         # died, so a SIGKILLed worker loses nothing; the tasks are safe to run twice.
         task_acks_late=True,

@@ -1,4 +1,4 @@
-"""Per-process worker resources: engine, session factory, adapters, dispatcher.
+"""Per-process worker resources: engine, session factory, adapters, dispatcher, credential cache.
 
 Built lazily inside the worker process (after prefork's fork), never at import
 and never shared across processes: a database pool or an HTTP connection pool
@@ -8,20 +8,55 @@ must not cross a fork.
 from __future__ import annotations
 
 import os
+import threading
+import uuid
+from datetime import datetime
 from functools import cached_property
 
 from celery import Celery
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import crypto
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
+from shared.db import make_engine, make_session_factory, session_scope
 from shared.delivery import RetryPolicy
-from workers.adapters.base import Adapter
+from shared.models import App
 from workers.adapters.apns import ApnsAdapter
+from workers.adapters.base import Adapter, AppCredentials
 from workers.adapters.fcm import FcmAdapter
 from workers.adapters.webpush import WebPushAdapter
 from workers.dispatch import Dispatcher
+
+
+class CredentialCache:
+    """Decrypted app credentials, kept per process and dropped when the app's ``updated_at`` moves.
+
+    The claim statement returns each app's ``updated_at``, so a cache hit costs no
+    statement and a credentials change is seen by the next chunk.
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._session_factory = session_factory
+        self._entries: dict[uuid.UUID, tuple[datetime, AppCredentials]] = {}
+        self._lock = threading.Lock()
+
+    def get_many(self, versions: dict[uuid.UUID, datetime]) -> dict[uuid.UUID, AppCredentials]:
+        found: dict[uuid.UUID, AppCredentials] = {}
+        with self._lock:
+            for app_id, version in versions.items():
+                entry = self._entries.get(app_id)
+                if entry is not None and entry[0] == version:
+                    found[app_id] = entry[1]
+        missing = [app_id for app_id in versions if app_id not in found]
+        if missing:
+            with session_scope(self._session_factory) as session:
+                apps = session.scalars(select(App).where(App.id.in_(missing))).all()
+                loaded = {app.id: (app.updated_at, AppCredentials.from_model(app)) for app in apps}
+            with self._lock:
+                self._entries.update(loaded)
+            found.update({app_id: entry[1] for app_id, entry in loaded.items()})
+        return found
 
 
 class WorkerRuntime:
@@ -36,13 +71,18 @@ class WorkerRuntime:
         return make_session_factory(make_engine(self.settings.database_url))
 
     @cached_property
+    def credentials(self) -> CredentialCache:
+        return CredentialCache(self.session_factory)
+
+    @cached_property
     def adapters(self) -> dict[str, Adapter]:
         s = self.settings
         return {
-            "web": WebPushAdapter(s.vendor_connect_timeout, s.vendor_read_timeout),
+            "web": WebPushAdapter(s.vendor_connect_timeout, s.push_deadline, concurrency=s.push_concurrency),
             "ios": ApnsAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, host=s.apns_host, port=s.apns_port,
                                ca_file=s.apns_ca_file),
-            "android": FcmAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, base_url=s.fcm_base_url),
+            "android": FcmAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, base_url=s.fcm_base_url,
+                                  max_workers=s.push_concurrency),
         }
 
     def close(self) -> None:
@@ -53,7 +93,7 @@ class WorkerRuntime:
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.celery, self.settings.delivery_chunk_size)
+        return Dispatcher(self.celery)
 
     @cached_property
     def retry_policy(self) -> RetryPolicy:

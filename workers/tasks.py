@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that take ids, open one session each, and call shared rules.
+"""Celery tasks: thin wrappers that take ids, open one session per step, and call shared rules.
 
 Every task is safe to run twice (late acks redeliver a task whose worker died):
 fan-out is idempotent and each delivery is claimed atomically before it is pushed.
@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import defaultdict
 
 from celery import shared_task
-from sqlalchemy import select
 
 from shared.db import after_commit, run_in_transaction, session_scope
 from shared.delivery import (
-    claim_deliveries,
+    claim_chunk,
     fan_out,
     record_outcomes,
     release_due_deliveries,
     stale_queued_notifications,
 )
-from shared.models import App, utcnow
+from shared.models import utcnow
+from shared.outcomes import Outcome
 from shared.services import idempotency
-from workers.adapters.base import AppCredentials
 from workers.celery_app import DELIVER_TASK, FANOUT_TASK, SWEEP_TASK
 from workers.runtime import runtime
 
@@ -31,36 +29,49 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(name=FANOUT_TASK, bind=True)
-def fanout(self, notification_id: str) -> None:
+def fanout(self, notification_ids: list[str] | str) -> None:
+    """Fan out a batch of notifications (all of one request) and enqueue their delivery chunks."""
     rt = runtime(self.app)
-    with session_scope(rt.session_factory) as session:
-        groups = fan_out(session, uuid.UUID(notification_id), utcnow(), rt.adapters.keys())
-        for platform, delivery_ids in groups.items():
-            after_commit(session, lambda p=platform, ids=delivery_ids: rt.dispatcher.enqueue_deliveries(p, ids))
-    log.info("fanned out notification %s: %s", notification_id, {p: len(ids) for p, ids in groups.items()})
+    ids = [uuid.UUID(i) for i in ([notification_ids] if isinstance(notification_ids, str) else notification_ids)]
+
+    def work(session):
+        chunks = fan_out(session, ids, utcnow(), rt.adapters.keys(), rt.settings.delivery_chunk_size)
+        after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks))
+        return chunks
+
+    chunks = run_in_transaction(rt.session_factory, work)
+    log.info("fanned out %d notifications into %d chunks (%d deliveries)",
+             len(ids), len(chunks), sum(len(c.delivery_ids) for c in chunks))
 
 
 @shared_task(name=DELIVER_TASK, bind=True)
 def deliver(self, platform: str, delivery_ids: list[str]) -> None:
+    """Claim a chunk, push it concurrently, write its outcomes: a handful of statements per chunk."""
     rt = runtime(self.app)
+    s = rt.settings
     adapter = rt.adapters[platform]
-    with session_scope(rt.session_factory) as session:
-        claimed = claim_deliveries(session, [uuid.UUID(i) for i in delivery_ids], utcnow(), rt.settings.claim_lease_seconds)
-        apps = {
-            app.id: AppCredentials.from_model(app)
-            for app in session.scalars(select(App).where(App.id.in_({c.app_id for c in claimed})))
-        }
+    ids = [uuid.UUID(i) for i in delivery_ids]
+    claim = run_in_transaction(
+        rt.session_factory, lambda session: claim_chunk(session, ids, utcnow(), s.claim_lease_seconds, s.max_attempts)
+    )
+    if not claim.deliveries:
+        log.info("nothing to deliver among %d %s deliveries (%d closed at claim)", len(ids), platform, claim.closed)
+        return
     # The claim is committed: a redelivered copy of this task cannot push these again.
-    by_app = defaultdict(list)
-    for delivery in claimed:
-        by_app[delivery.app_id].append(delivery)
+    credentials = rt.credentials.get_many(claim.app_versions)
     results = []
-    now = utcnow()
-    for app_id, deliveries in by_app.items():
-        results.extend(zip(deliveries, adapter.send_many(apps[app_id], deliveries, now)))
+    for app_id, deliveries in claim.by_app().items():
+        app = credentials.get(app_id)
+        outcomes = (
+            adapter.send_many(app, deliveries) if app is not None
+            else [Outcome.rejected("app no longer exists")] * len(deliveries)
+        )
+        results.extend(zip(deliveries, outcomes))
     # The pushes happened: their outcomes must be written even if the database blips now.
-    run_in_transaction(rt.session_factory, lambda session: record_outcomes(session, results, utcnow(), rt.retry_policy))
-    log.info("delivered %d/%d %s deliveries", len(claimed), len(delivery_ids), platform)
+    written = run_in_transaction(
+        rt.session_factory, lambda session: record_outcomes(session, claim.token, results, utcnow(), rt.retry_policy)
+    )
+    log.info("delivered %d %s deliveries (%d written, %d closed at claim)", len(results), platform, written, claim.closed)
 
 
 @shared_task(name=SWEEP_TASK, bind=True)
@@ -71,10 +82,10 @@ def sweep(self) -> None:
     with session_scope(rt.session_factory) as session:
         now = utcnow()
         notifications = stale_queued_notifications(session, now, s.sweep_after_seconds)
-        groups = release_due_deliveries(session, now, s.sweep_after_seconds, s.claim_lease_seconds)
+        chunks = release_due_deliveries(session, now, s.sweep_after_seconds, s.claim_lease_seconds,
+                                        s.delivery_chunk_size)
         idempotency.purge_expired(session, now, s.idempotency_ttl_seconds)
         after_commit(session, lambda: rt.dispatcher.enqueue_fanout(notifications))
-        for platform, delivery_ids in groups.items():
-            after_commit(session, lambda p=platform, ids=delivery_ids: rt.dispatcher.enqueue_deliveries(p, ids))
-    if notifications or groups:
-        log.info("sweep re-enqueued %d notifications, %s deliveries", len(notifications), {p: len(i) for p, i in groups.items()})
+        after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks))
+    if notifications or chunks:
+        log.info("sweep re-enqueued %d notifications, %d delivery chunks", len(notifications), len(chunks))

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 from typing import Any, Callable, Sequence
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from shared.db import after_commit, after_rollback
 from shared.errors import DataTooLarge, UserNotEnrolled
 from shared.guards import QuotaDecision, QuotaPolicy
+from shared.message import Message, compact_json
 from shared.models import App, Notification, NotificationStatus, utcnow
 from shared.services.enrollments import not_enrolled
 
@@ -44,6 +45,11 @@ class SendRequest:
     url: str | None = None
     platform: str | None = None  # restrict the fan-out to one platform
 
+    def message(self, now: datetime, default_ttl: int) -> Message:
+        """The message this request sends, accepted at ``now``."""
+        content = {name: getattr(self, name) for name in Message.columns() if name not in ("ttl", "expires_at")}
+        return Message.accepted(now, default_ttl if self.ttl is None else self.ttl, **content)
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -53,7 +59,7 @@ class Accepted:
 
 def data_size(data: dict[str, Any]) -> int:
     """Bytes of ``data`` as sent: compact UTF-8 JSON, multibyte text counted in bytes."""
-    return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return len(compact_json(data))
 
 
 def fixed_payload_size(request: SendRequest) -> int:
@@ -61,7 +67,7 @@ def fixed_payload_size(request: SendRequest) -> int:
     payload: dict[str, Any] = {"title": request.title, "body": "", "data": request.data}
     if request.url:
         payload["url"] = request.url
-    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return len(compact_json(payload))
 
 
 def check_payload(request: SendRequest) -> None:
@@ -106,32 +112,20 @@ def create_notifications(
         limit = app.daily_quota if app is not None and app.daily_quota is not None else quota.default_limit
         decision = quota.counter.reserve(app_id, len(requests), limit, now)
         after_rollback(session, lambda: quota.counter.refund(app_id, len(requests), now))
-    notifications = []
-    for request in requests:
-        ttl = default_ttl if request.ttl is None else request.ttl
-        notifications.append(
-            Notification(
-                id=uuid.uuid4(),
-                app_id=app_id,
-                user_id=request.user_id,
-                title=request.title,
-                body=request.body,
-                data=request.data,
-                ttl=ttl,
-                priority=request.priority,
-                collapse_key=request.collapse_key,
-                badge=request.badge,
-                sound=request.sound,
-                url=request.url,
-                platform=request.platform,
-                expires_at=now + timedelta(seconds=ttl),
-                status=NotificationStatus.QUEUED.value,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-    session.add_all(notifications)
-    session.flush()
-    ids = [notification.id for notification in notifications]
-    after_commit(session, lambda: enqueue(ids))
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "app_id": app_id,
+            "user_id": request.user_id,
+            "status": NotificationStatus.QUEUED.value,
+            "created_at": now,
+            "updated_at": now,
+            **request.message(now, default_ttl).as_row(),
+        }
+        for request in requests
+    ]
+    # One multi-row INSERT for the whole request (SQLAlchemy's insertmanyvalues).
+    session.execute(insert(Notification), rows)
+    ids = [row["id"] for row in rows]
+    after_commit(session, lambda: enqueue(ids))  # one fan-out task for the whole request
     return Accepted(ids, decision)

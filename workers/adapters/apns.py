@@ -71,6 +71,8 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, NoAvailableStreamIDError
 
 from shared.delivery import ClaimedDelivery
+from shared.message import Message, compact_json
+from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
 from workers.adapters.base import AppCredentials, parse_retry_after
@@ -86,23 +88,21 @@ _MAX_ERROR_BODY = 64 * 1024
 _HEX_TOKEN = re.compile(r"[0-9a-fA-F]{64,200}")
 
 
-def encode_payload(message: dict[str, Any]) -> bytes:
-    """The exact bytes sent to APNs: compact UTF-8 JSON."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+encode_payload = compact_json  # the exact bytes sent to APNs: compact UTF-8 JSON
 
 
-def apns_message(delivery: ClaimedDelivery, body: str | None = None) -> dict[str, Any]:
+def apns_message(content: Message, body: str | None = None) -> dict[str, Any]:
     """The APNs payload: ``aps`` for the system, ``data`` and ``url`` for the app."""
-    aps: dict[str, Any] = {"alert": {"title": delivery.title, "body": delivery.body if body is None else body}}
-    if delivery.badge is not None:
-        aps["badge"] = delivery.badge
-    if delivery.sound is not None:
-        aps["sound"] = delivery.sound
+    aps: dict[str, Any] = {"alert": {"title": content.title, "body": content.body if body is None else body}}
+    if content.badge is not None:
+        aps["badge"] = content.badge
+    if content.sound is not None:
+        aps["sound"] = content.sound
     message: dict[str, Any] = {"aps": aps}
-    if delivery.data:
-        message["data"] = delivery.data
-    if delivery.url:
-        message["url"] = delivery.url
+    if content.data:
+        message["data"] = content.data
+    if content.url:
+        message["url"] = content.url
     return message
 
 
@@ -416,7 +416,9 @@ class ApnsAdapter:
         port: int = 443,
         ca_file: str | None = None,
         max_connections: int = 10,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.clock = clock
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.host = host
@@ -435,7 +437,7 @@ class ApnsAdapter:
         self._clients: dict[tuple[str, ...], APNs] = {}  # touched only on the loop's thread
 
     # ----------------------------------------------------------- public
-    def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery], now: datetime) -> list[Outcome]:
+    def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
         if not deliveries:
             return []
         if not (app.apns_private_key and app.apns_key_id and app.apns_team_id and app.apns_bundle_id):
@@ -443,7 +445,7 @@ class ApnsAdapter:
         outcomes: list[Outcome | None] = []
         requests: list[tuple[int, PushRequest, bool]] = []
         for index, delivery in enumerate(deliveries):
-            prepared = self._prepare(delivery, now)
+            prepared = self._prepare(delivery, self.clock())  # the TTL left at this push
             if isinstance(prepared, Outcome):
                 outcomes.append(prepared)
             else:
@@ -494,9 +496,10 @@ class ApnsAdapter:
     def _prepare(self, delivery: ClaimedDelivery, now: datetime) -> Outcome | tuple[PushRequest, bool]:
         if not _HEX_TOKEN.fullmatch(delivery.token):
             return Outcome.dead_token("BadDeviceToken (not a hex APNs device token)")
+        content = delivery.message
         try:
             payload, truncated = fit_body(
-                lambda body: encode_payload(apns_message(delivery, body)), delivery.body, MAX_PAYLOAD_BYTES
+                lambda body: encode_payload(apns_message(content, body)), content.body, MAX_PAYLOAD_BYTES
             )
         except PayloadTooLarge as exc:
             return Outcome.rejected(f"payload too large for APNs: {exc}")
@@ -506,9 +509,9 @@ class ApnsAdapter:
             device_token=delivery.token,
             message=json.loads(payload),
             notification_id=str(delivery.delivery_id),
-            time_to_live=delivery.remaining_ttl(now),
-            priority=PRIORITY_HIGH if delivery.priority == "high" else PRIORITY_NORMAL,
-            collapse_key=delivery.collapse_key or None,
+            time_to_live=content.remaining_ttl(now),
+            priority=PRIORITY_HIGH if content.priority == "high" else PRIORITY_NORMAL,
+            collapse_key=content.collapse_key or None,
             push_type=PushType.ALERT,
             payload=payload,
         )

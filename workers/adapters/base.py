@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Protocol, Sequence
 
@@ -52,11 +51,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() also accepts "²" and other digits float() refuses
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
@@ -66,10 +65,11 @@ class Adapter(Protocol):
 
     platform: str
 
-    def send_many(
-        self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery], now: datetime
-    ) -> list[Outcome]:
-        """One outcome per delivery, in order; never raises for a vendor failure."""
+    def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
+        """One outcome per delivery, in order; never raises: any failure of one push is its outcome.
+
+        The remaining TTL is computed at each push, not once per chunk.
+        """
         ...
 
     def close(self) -> None: ...

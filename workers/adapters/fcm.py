@@ -9,20 +9,23 @@
   used: in google-auth >= 2.60 they also start a background "regional access
   boundary" lookup at iamcredentials.googleapis.com. The adapter calls
   ``credentials.refresh`` itself and writes the ``Authorization`` header.
-* The deliveries of a chunk are sent concurrently by a thread pool created once
-  per adapter, over one keep-alive ``httpx.Client`` sized to that pool.
+* The deliveries of a chunk are sent concurrently on one event loop per worker
+  process (``httpx.AsyncClient``, keep-alive connections reused across tasks), at
+  most ``max_workers`` at once, each bounded by an overall deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
+import os
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 import google.auth.exceptions
@@ -32,9 +35,12 @@ import requests
 from google.oauth2 import service_account
 
 from shared.delivery import ClaimedDelivery
+from shared.message import compact_json
+from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
 from workers.adapters.base import AppCredentials, parse_retry_after
+from workers.adapters.loop import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +49,8 @@ MAX_MESSAGE_BYTES = 4096  # the serialized ``message`` object
 MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's android.ttl range is 0-28 days
 QUOTA_RETRY_FLOOR_SECONDS = 60.0  # Google: back off at least a minute on QUOTA_EXCEEDED
 MAX_REASON_CHARS = 300
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+MAX_ANSWER_BYTES = 64 * 1024
+_GRACE_SECONDS = 5.0
 
 
 def fcm_data(delivery: ClaimedDelivery) -> dict[str, str]:
@@ -59,33 +63,35 @@ def fcm_data(delivery: ClaimedDelivery) -> dict[str, str]:
     notification has a ``url`` it is added as ``data["url"]`` (replacing a
     ``url`` key in the data).
     """
+    message = delivery.message
     data = {
-        str(key): value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        for key, value in (delivery.data or {}).items()
+        str(key): value if isinstance(value, str) else compact_json(value).decode("utf-8")
+        for key, value in (message.data or {}).items()
     }
-    if delivery.url:
-        data["url"] = delivery.url
+    if message.url:
+        data["url"] = message.url
     return data
 
 
 def fcm_message(delivery: ClaimedDelivery, now: datetime) -> dict[str, Any]:
     """The HTTP v1 ``message`` object for one delivery (body as in the notification)."""
+    content = delivery.message
     android: dict[str, Any] = {
-        "ttl": f"{min(delivery.remaining_ttl(now), MAX_TTL_SECONDS)}s",
-        "priority": "HIGH" if delivery.priority == "high" else "NORMAL",
+        "ttl": f"{min(content.remaining_ttl(now), MAX_TTL_SECONDS)}s",
+        "priority": "HIGH" if content.priority == "high" else "NORMAL",
     }
-    if delivery.collapse_key:
-        android["collapse_key"] = delivery.collapse_key
+    if content.collapse_key:
+        android["collapse_key"] = content.collapse_key
     android_notification: dict[str, Any] = {}
-    if delivery.sound:
-        android_notification["sound"] = delivery.sound
-    if delivery.badge is not None:
-        android_notification["notification_count"] = delivery.badge
+    if content.sound:
+        android_notification["sound"] = content.sound
+    if content.badge is not None:
+        android_notification["notification_count"] = content.badge
     if android_notification:
         android["notification"] = android_notification
     message: dict[str, Any] = {
         "token": delivery.token,
-        "notification": {"title": delivery.title, "body": delivery.body},
+        "notification": {"title": content.title, "body": content.body},
         "android": android,
     }
     data = fcm_data(delivery)
@@ -104,9 +110,9 @@ def fit_message(delivery: ClaimedDelivery, now: datetime) -> tuple[bytes, bool]:
 
     def build(body: str) -> bytes:
         message["notification"]["body"] = body
-        return _dumps(message)
+        return compact_json(message)
 
-    return fit_body(build, delivery.body, MAX_MESSAGE_BYTES)
+    return fit_body(build, delivery.message.body, MAX_MESSAGE_BYTES)
 
 
 def _shorten(text: str) -> str:
@@ -197,22 +203,25 @@ class FcmAdapter:
         *,
         base_url: str = "https://fcm.googleapis.com",
         max_workers: int = 16,
+        deadline: float | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.clock = clock
         self.base_url = base_url.rstrip("/")
         self.max_workers = max(1, max_workers)
-        self.client = httpx.Client(
-            trust_env=False,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=self.max_workers, max_keepalive_connections=self.max_workers),
-        )
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        # The whole of one push: connect, send and the whole answer (a per-read timeout alone
+        # lets a service answering one byte at a time hold the worker without end).
+        self.deadline = deadline if deadline is not None else connect_timeout + read_timeout
+        self._loop = LoopThread("pushq-fcm")
+        self._client: httpx.AsyncClient | None = None
+        self._pid = os.getpid()
         # Token endpoint traffic (rare): google-auth's requests transport, no proxies from the environment.
         self.token_session = requests.Session()
         self.token_session.trust_env = False
         self.token_request = _TimeoutRequest(self.token_session, (connect_timeout, read_timeout))
-        self.executor = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="fcm-send")
         self._auth: dict[uuid.UUID, _AppAuth] = {}
         self._auth_lock = threading.Lock()
-        self._closed = False
 
     # -- credentials ---------------------------------------------------------
 
@@ -276,7 +285,7 @@ class FcmAdapter:
 
     # -- sending -------------------------------------------------------------
 
-    def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery], now: datetime) -> list[Outcome]:
+    def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
         """One outcome per delivery, in order; the deliveries go out concurrently."""
         if not deliveries:
             return []
@@ -287,52 +296,85 @@ class FcmAdapter:
             log.warning("fcm: app %s: %s", app.app_id, problem.outcome.reason)
             return [problem.outcome] * len(deliveries)
         url = f"{self.base_url}/v1/projects/{quote(project_id, safe='')}/messages:send"
+        waves = math.ceil(len(deliveries) / self.max_workers)
+        try:
+            return self._loop.run(self._send_all(auth, token, url, deliveries), waves * self.deadline + _GRACE_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - a chunk's outcomes must all come back
+            log.exception("fcm: chunk of %d failed", len(deliveries))
+            return [Outcome.retry(f"FCM client error: {type(exc).__name__}")] * len(deliveries)
 
-        def send(delivery: ClaimedDelivery) -> Outcome:
-            return self._send_safely(auth, token, url, delivery, now)
+    async def _send_all(
+        self, auth: _AppAuth, token: str, url: str, deliveries: Sequence[ClaimedDelivery]
+    ) -> list[Outcome]:
+        if self._pid != os.getpid():  # forked: the parent's client belongs to the parent's loop
+            self._client, self._pid = None, os.getpid()
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                trust_env=False,
+                timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
+                limits=httpx.Limits(max_connections=self.max_workers, max_keepalive_connections=self.max_workers),
+            )
+        client = self._client
+        return list(await asyncio.gather(*(self._send_safely(client, auth, token, url, d) for d in deliveries)))
 
-        if len(deliveries) == 1:
-            return [send(deliveries[0])]
-        return list(self.executor.map(send, deliveries))
-
-    def _send_safely(
-        self, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery, now: datetime
+    async def _send_safely(
+        self, client: httpx.AsyncClient, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery
     ) -> Outcome:
         # A chunk's outcomes must all come back: an unexpected error on one
         # delivery becomes a retry, not an exception losing the others' outcomes.
         try:
-            return self._send(auth, token, url, delivery, now)
+            return await self._send(client, auth, token, url, delivery)
         except Exception as exc:  # noqa: BLE001
             log.exception("fcm: unexpected error sending delivery %s", delivery.delivery_id)
             return Outcome.retry(f"unexpected error sending to FCM: {type(exc).__name__}")
 
-    def _send(self, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery, now: datetime) -> Outcome:
+    async def _send(
+        self, client: httpx.AsyncClient, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery
+    ) -> Outcome:
         try:
-            message, truncated = fit_message(delivery, now)
+            message, truncated = fit_message(delivery, self.clock())  # the TTL left at this push
         except PayloadTooLarge as exc:
             return Outcome.rejected(f"payload too large for FCM: {exc}")
         try:
-            response = self.client.post(
-                url,
-                content=b'{"message":' + message + b"}",
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"},
-            )
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self.deadline):
+                request = client.build_request(
+                    "POST", url, content=b'{"message":' + message + b"}",
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"},
+                )
+                response = await client.send(request, stream=True)
+                try:
+                    body = await _read_bounded(response, MAX_ANSWER_BYTES)
+                finally:
+                    await response.aclose()
+        except (TimeoutError, httpx.TimeoutException) as exc:
             return Outcome.retry(f"FCM timed out: {type(exc).__name__}")
         except httpx.HTTPError as exc:
             return Outcome.retry(f"connection to FCM failed: {type(exc).__name__}")
-        outcome, drop_token = classify_response(response, truncated)
+        outcome, drop_token = classify_response(httpx.Response(response.status_code, headers=response.headers,
+                                                               content=body), truncated)
         if drop_token:
             self._drop_token(auth, token)
         return outcome
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.executor.shutdown(wait=True)
-        self.client.close()
+        async def shutdown() -> None:
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
+
+        self._loop.close(shutdown)
+        self._client = None
         self.token_session.close()
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of an answer: FCM's are small, a broken one must not be read without end."""
+    body = bytearray()
+    async for piece in response.aiter_raw():
+        body += piece
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
 
 
 def _describe(exc: Exception) -> str:

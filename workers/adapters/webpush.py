@@ -1,24 +1,37 @@
-"""Web Push (RFC 8030/8291/8292) through pywebpush, with pooled connections and cached VAPID."""
+"""Web Push (RFC 8030/8291/8292): aes128gcm encryption, cached VAPID, concurrent pushes over keep-alive.
+
+Pushes of a chunk go out concurrently on one event loop per worker process
+(aiohttp, already a dependency of pywebpush), at most ``concurrency`` at once
+per push-service origin, over connections kept alive across tasks. Each push
+has an overall deadline (connect, send and the whole answer). Redirects are
+never followed and at most ``MAX_ANSWER_BYTES`` of an answer are read.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import logging
+import math
 import os
-import urllib.request
+import ssl
 from datetime import datetime
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-import requests
+import aiohttp
+import http_ece
+from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
-from pywebpush import WebPusher, WebPushException
-from requests.adapters import HTTPAdapter
 
 from shared.delivery import ClaimedDelivery
+from shared.message import Message, compact_json
+from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
 from workers.adapters.base import AppCredentials, parse_retry_after
+from workers.adapters.loop import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +40,18 @@ log = logging.getLogger(__name__)
 MAX_PLAINTEXT_BYTES = 4096 - 86 - 1 - 16
 VAPID_LIFETIME_SECONDS = 12 * 3600
 VAPID_RENEW_BEFORE_SECONDS = 3600
+MAX_ANSWER_BYTES = 16 * 1024  # push services answer with empty or tiny bodies
+MAX_MESSAGE_ID_CHARS = 512
+_GRACE_SECONDS = 5.0
 
 
-def webpush_payload(delivery: ClaimedDelivery, body: str | None = None) -> bytes:
+def webpush_payload(message: Message, body: str | None = None) -> bytes:
     """The JSON a service worker receives in its push event (``url`` to open on click)."""
-    payload = {"title": delivery.title, "body": delivery.body if body is None else body, "data": delivery.data}
-    if delivery.url:
-        payload["url"] = delivery.url
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(message.payload(body))
+
+
+def _b64decode(value: str) -> bytes:
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
 
 
 class VapidHeaders:
@@ -48,9 +65,7 @@ class VapidHeaders:
         self._keys: dict[str, Vapid] = {}
         self._headers: dict[tuple[str, str], tuple[str, float]] = {}
 
-    def authorization(self, app: AppCredentials, endpoint: str, now: float) -> str:
-        parts = urlsplit(endpoint)
-        origin = f"{parts.scheme}://{parts.netloc}"
+    def authorization(self, app: AppCredentials, origin: str, now: float) -> str:
         cache_key = (app.vapid_public_key, origin)
         cached = self._headers.get(cache_key)
         if cached and cached[1] - VAPID_RENEW_BEFORE_SECONDS > now:
@@ -59,70 +74,157 @@ class VapidHeaders:
         if vapid is None:
             vapid = self._keys[app.vapid_public_key] = Vapid.from_pem(app.vapid_private_key.encode())
         expires = int(now) + VAPID_LIFETIME_SECONDS
-        # A fresh claims dict each time: py_vapid and pywebpush write into it.
+        # A fresh claims dict each time: py_vapid writes into it.
         header = vapid.sign({"sub": app.vapid_subject, "aud": origin, "exp": expires})["Authorization"]
         self._headers[cache_key] = (header, expires)
         return header
 
 
+class Subscription:
+    """A browser's push subscription as stored in the device token: endpoint and its keys."""
+
+    __slots__ = ("endpoint", "origin", "receiver_key", "auth_secret")
+
+    def __init__(self, token: str) -> None:
+        document = json.loads(token)
+        self.endpoint: str = document["endpoint"]
+        parts = urlsplit(self.endpoint)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("endpoint is not an http(s) URL")
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.receiver_key = _b64decode(document["keys"]["p256dh"])
+        self.auth_secret = _b64decode(document["keys"]["auth"])
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """RFC 8291 aes128gcm with a new ephemeral ECDH key for this message."""
+        return http_ece.encrypt(
+            plaintext, private_key=ec.generate_private_key(ec.SECP256R1()), dh=self.receiver_key,
+            auth_secret=self.auth_secret, version="aes128gcm",
+        )
+
+
+def classify(status: int, headers: Mapping[str, str], truncated: bool = False) -> Outcome:
+    """A push service's answer as an outcome; nothing beyond the status code is kept from a refusal."""
+    if status in (200, 201, 202):
+        location = headers.get("Location")
+        return Outcome.sent(location[:MAX_MESSAGE_ID_CHARS] if location else None, truncated)
+    reason = f"push service answered {status}"
+    if status in (404, 410):
+        return Outcome.dead_token(f"{reason}: subscription gone")
+    if status == 413:
+        return Outcome.rejected(f"{reason}: payload too large")
+    if status == 429 or status >= 500:
+        return Outcome.retry(reason, parse_retry_after(headers.get("Retry-After")))
+    return Outcome.rejected(reason)  # 3xx included: a redirect is never followed
+
+
 class WebPushAdapter:
     platform = "web"
 
-    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 10.0, pool_size: int = 32) -> None:
-        self.timeout = (connect_timeout, read_timeout)
-        self.session = requests.Session()
-        # With trust_env, requests scans all of os.environ for proxy settings on every push
-        # (a third of a push's CPU). Without proxies configured, read the CA bundle once instead;
-        # with proxies, keep requests' full handling (NO_PROXY included).
-        if not any(urllib.request.getproxies().get(scheme) for scheme in ("http", "https")):
-            self.session.trust_env = False
-            self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        # Keep-alive pool per push service host: one TLS handshake serves many pushes.
-        self.session.mount("https://", HTTPAdapter(pool_connections=16, pool_maxsize=pool_size))
-        self.session.mount("http://", HTTPAdapter(pool_connections=16, pool_maxsize=pool_size))
+    def __init__(
+        self,
+        connect_timeout: float = 5.0,
+        deadline: float = 15.0,
+        *,
+        concurrency: int = 32,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.deadline = deadline
+        self.concurrency = concurrency
+        self.clock = clock
         self.vapid = VapidHeaders()
+        self._loop = LoopThread("pushq-webpush")
+        self._session: aiohttp.ClientSession | None = None
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._pid = os.getpid()
 
-    def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery], now: datetime) -> list[Outcome]:
-        return [self.send(app, delivery, now) for delivery in deliveries]
-
-    def send(self, app: AppCredentials, delivery: ClaimedDelivery, now: datetime) -> Outcome:
+    def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
+        if not deliveries:
+            return []
+        waves = math.ceil(len(deliveries) / self.concurrency)
         try:
-            payload, truncated = fit_body(lambda body: webpush_payload(delivery, body), delivery.body, MAX_PLAINTEXT_BYTES)
+            return self._loop.run(self._send_all(app, deliveries), waves * self.deadline + _GRACE_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - a chunk's outcomes must all come back
+            log.exception("web push chunk of %d failed", len(deliveries))
+            return [Outcome.retry(f"web push client error: {type(exc).__name__}")] * len(deliveries)
+
+    def send(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
+        return self.send_many(app, [delivery])[0]
+
+    async def _send_all(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
+        if self._pid != os.getpid():  # forked: the parent's session belongs to the parent's loop
+            self._session, self._limits, self._pid = None, {}, os.getpid()
+        if self._session is None:
+            self._session = self._new_session()
+        return list(await asyncio.gather(*(self._send_safely(app, delivery) for delivery in deliveries)))
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=self.concurrency, ssl=ssl.create_default_context(), ttl_dns_cache=60,
+        )
+        return aiohttp.ClientSession(
+            connector=connector, trust_env=False, auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
+        )
+
+    async def _send_safely(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
+        """Any failure of this one push becomes its outcome; the chunk's other pushes go on."""
+        try:
+            return await self._send(app, delivery)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("web push: unexpected error for delivery %s", delivery.delivery_id)
+            return Outcome.retry(f"unexpected error pushing: {type(exc).__name__}")
+
+    async def _send(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
+        message = delivery.message
+        try:
+            payload, truncated = fit_body(lambda body: webpush_payload(message, body), message.body, MAX_PLAINTEXT_BYTES)
         except PayloadTooLarge as exc:
             return Outcome.rejected(f"payload too large for Web Push: {exc}")
         try:
-            subscription = json.loads(delivery.token)
-            pusher = WebPusher(subscription, requests_session=self.session)
+            subscription = Subscription(delivery.token)
+            body = subscription.encrypt(payload)
+        except (ValueError, KeyError, TypeError) as exc:
+            return Outcome.rejected(f"cannot encrypt for this subscription: {type(exc).__name__}")
+        limit = self._limits.get(subscription.origin)
+        if limit is None:
+            limit = self._limits[subscription.origin] = asyncio.Semaphore(self.concurrency)
+        async with limit:
+            now = self.clock()
             headers = {
-                "Authorization": self.vapid.authorization(app, subscription["endpoint"], now.timestamp()),
-                "Urgency": "high" if delivery.priority == "high" else "normal",
+                "TTL": str(message.remaining_ttl(now)),  # at the push, not when the chunk was claimed
+                "Urgency": "high" if message.priority == "high" else "normal",
+                "Content-Encoding": "aes128gcm",
+                "Content-Type": "application/octet-stream",
+                "Authorization": self.vapid.authorization(app, subscription.origin, now.timestamp()),
             }
-            if delivery.collapse_key:
-                headers["Topic"] = delivery.collapse_key
-            response = pusher.send(
-                data=payload, headers=headers, ttl=delivery.remaining_ttl(now), timeout=self.timeout
-            )
-        except requests.Timeout:
-            return Outcome.retry("push service timed out")
-        except requests.ConnectionError as exc:
-            return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
-        except (WebPushException, ValueError, KeyError) as exc:
-            return Outcome.rejected(f"cannot encode for this subscription: {exc}")
-        return self.outcome(response, truncated)
+            if message.collapse_key:
+                headers["Topic"] = message.collapse_key
+            return await self._post(subscription.endpoint, body, headers, truncated)
 
-    @staticmethod
-    def outcome(response: requests.Response, truncated: bool = False) -> Outcome:
-        status = response.status_code
-        if status in (200, 201, 202):
-            return Outcome.sent(response.headers.get("Location"), truncated)
-        reason = f"push service answered {status}"
-        if status in (404, 410):
-            return Outcome.dead_token(f"{reason}: subscription gone")
-        if status == 413:
-            return Outcome.rejected(f"{reason}: payload too large")
-        if status == 429 or status >= 500:
-            return Outcome.retry(reason, parse_retry_after(response.headers.get("Retry-After")))
-        return Outcome.rejected(reason)
+    async def _post(self, endpoint: str, body: bytes, headers: dict[str, str], truncated: bool) -> Outcome:
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(self.deadline):
+                async with self._session.post(endpoint, data=body, headers=headers, allow_redirects=False) as response:
+                    # Bounded: a hostile or broken service cannot make the worker read without end.
+                    await response.content.read(MAX_ANSWER_BYTES)
+                    return classify(response.status, response.headers, truncated)
+        except TimeoutError:
+            return Outcome.retry("push service timed out")
+        except aiohttp.ClientError as exc:
+            return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
 
     def close(self) -> None:
-        self.session.close()
+        async def shutdown() -> None:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+            self._limits.clear()
+
+        self._loop.close(shutdown)
+        self._session = None
+        self._limits = {}
+
+

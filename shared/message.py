@@ -1,0 +1,68 @@
+"""One notification's content and delivery options, as one frozen value.
+
+Built once when a send is accepted, stored as the notification's columns of the
+same names, and read back by the claim that hands deliveries to the adapters.
+Every later step (fan-out, adapters, payload fitting) reads this value, never a
+row by position. Adding a send option is one field here (with its column of the
+same name in ``shared.models.Notification``), one field in the request schema and
+one line in each adapter that uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Mapping
+
+
+def compact_json(value: Any) -> bytes:
+    """The wire form of a JSON document: compact separators, UTF-8, non-ASCII kept as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Message:
+    """What every vendor adapter renders; a notification row holds exactly these columns."""
+
+    title: str
+    body: str
+    expires_at: datetime
+    ttl: int
+    data: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None
+    priority: str = "normal"  # high | normal
+    collapse_key: str | None = None
+    badge: int | None = None
+    sound: str | None = None
+    platform: str | None = None  # fan out only to this platform (None: every platform)
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """The notification columns that make a message (same names as the fields)."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Message":
+        """The message held by a row (any mapping with the columns by name)."""
+        return cls(**{name: row[name] for name in cls.columns()})
+
+    @classmethod
+    def accepted(cls, now: datetime, ttl: int, **content: Any) -> "Message":
+        """A message accepted at ``now``: it expires ``ttl`` seconds later."""
+        return cls(expires_at=now + timedelta(seconds=ttl), ttl=ttl, **content)
+
+    def as_row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.columns()}
+
+    def remaining_ttl(self, now: datetime) -> int:
+        """Seconds the vendor may still hold the message; computed at each push."""
+        return max(int((self.expires_at - now).total_seconds()), 0)
+
+    def payload(self, body: str | None = None) -> dict[str, Any]:
+        """The app-facing document (Web Push's push event data): title, body, data and url."""
+        document: dict[str, Any] = {"title": self.title, "body": self.body if body is None else body, "data": self.data}
+        if self.url:
+            document["url"] = self.url
+        return document
