@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal
 import redis
 from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -127,14 +128,36 @@ def endpoint(
             else:
                 payload = None
             key = request.headers.get("Idempotency-Key") if idempotent else None
-            if key is None:
-                return view(principal, payload, **path_args)
-            return _idempotent_call(view, principal, payload, key, path_args)
+
+            def call() -> Any:
+                if key is None:
+                    return view(principal, payload, **path_args)
+                return _idempotent_call(view, principal, payload, key, path_args)
+
+            return _retry_on_lost_connection(call)
 
         bp.add_url_rule(rule.replace("{", "<").replace("}", ">"), view.__name__, wrapper, methods=[method])
         return wrapper
 
     return decorator
+
+
+def _retry_on_lost_connection(call: Callable[[], Any]) -> Any:
+    """Run the view again, once, on a fresh session when its database connection was found dead.
+
+    Pooled connections are not pinged on checkout (a round trip per request);
+    a connection PostgreSQL dropped (restart, failover) fails its first
+    statement instead, and the request is redone on a new one. Nothing was
+    committed and nothing enqueued: both happen only after the view returns.
+    """
+    try:
+        return call()
+    except OperationalError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("database connection lost (%s); running the request again", type(exc.orig).__name__)
+        discard_session(None)
+        return call()
 
 
 def parse_id(value: str, not_found: type[ServiceError]) -> uuid.UUID:
@@ -185,7 +208,10 @@ def authorize(auth: Auth) -> Principal | None:
 def json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nesting deeper than the parser's recursion limit ([[[[…) is bad input, not a 500
+        body = None
     if body is None:
         raise ApiError(400, "malformed_json", "Request body is not valid JSON")
     if not isinstance(body, dict):
@@ -267,6 +293,14 @@ def register_error_handlers(app) -> None:
     def _redis_unavailable(exc: redis.RedisError):
         # Quotas and rate limits must be exact: without Redis, refuse rather than guess.
         log.error("redis unavailable: %s", type(exc).__name__)
+        response = error_response(503, "unavailable", "Service temporarily unavailable, try again")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(exc: OperationalError):
+        # Parameters are never logged (hide_parameters): only the kind of failure.
+        log.error("database unavailable: %s", type(exc.orig).__name__)
         response = error_response(503, "unavailable", "Service temporarily unavailable, try again")
         response.headers["Retry-After"] = "5"
         return response

@@ -51,8 +51,12 @@ class Settings:
     jwt_leeway_seconds: int = field(default=30, metadata={"env": "JWT_LEEWAY_SECONDS"})
 
     default_ttl_seconds: int = field(default=86_400, metadata={"env": "PUSHQ_DEFAULT_TTL"})
-    # Web Push endpoints must be https in production; the local stand-in is http.
+    # Development only: also accept http:// Web Push endpoints on loopback (the local stand-in push service).
     allow_http_endpoints: bool = field(default=False, metadata={"env": "PUSHQ_ALLOW_HTTP_ENDPOINTS"})
+    # Push services besides the browsers' own (shared/egress.py): host names, "*.domain" for any subdomain.
+    webpush_extra_hosts: tuple[str, ...] = field(default=(), metadata={"env": "PUSHQ_WEBPUSH_EXTRA_HOSTS"})
+    # Active devices per user per app; registering one more disables the least recently seen.
+    max_devices_per_user: int = field(default=20, metadata={"env": "PUSHQ_MAX_DEVICES_PER_USER"})
     vendor_connect_timeout: float = field(default=5.0, metadata={"env": "PUSHQ_VENDOR_CONNECT_TIMEOUT"})
     vendor_read_timeout: float = field(default=10.0, metadata={"env": "PUSHQ_VENDOR_READ_TIMEOUT"})
     # Vendor endpoints; the defaults are the real vendors (tests point them at the stand-ins).
@@ -60,6 +64,10 @@ class Settings:
     apns_port: int = field(default=443, metadata={"env": "PUSHQ_APNS_PORT"})
     apns_ca_file: str | None = field(default=None, metadata={"env": "PUSHQ_APNS_CA_FILE"})  # extra CA to trust
     fcm_base_url: str = field(default="https://fcm.googleapis.com", metadata={"env": "PUSHQ_FCM_BASE_URL"})
+    # The whole of one push (connect, send, the whole answer); default: connect + read timeouts.
+    push_deadline_seconds: float | None = field(default=None, metadata={"env": "PUSHQ_PUSH_DEADLINE_SECONDS"})
+    # Pushes in flight at once per push-service origin, within one worker process.
+    push_concurrency: int = field(default=32, metadata={"env": "PUSHQ_PUSH_CONCURRENCY"})
     delivery_chunk_size: int = field(default=100, metadata={"env": "PUSHQ_DELIVERY_CHUNK_SIZE"})
     # A queued notification not fanned out after this long is re-enqueued by the sweeper.
     sweep_after_seconds: int = field(default=60, metadata={"env": "PUSHQ_SWEEP_AFTER_SECONDS"})
@@ -84,6 +92,12 @@ class Settings:
     # (RS*/ES* deployments) or with JWT_SECRET (HS*).
     token_signing_key: str | None = field(default=None, metadata={"env": "PUSHQ_TOKEN_SIGNING_KEY"})
     token_lifetime_seconds: int = field(default=3600, metadata={"env": "PUSHQ_TOKEN_LIFETIME_SECONDS"})
+    # Failed client authentications at POST /oauth/token per client id / per source address per window.
+    token_failures_per_client: int = field(default=10, metadata={"env": "PUSHQ_TOKEN_FAILURES_PER_CLIENT"})
+    token_failures_per_address: int = field(default=30, metadata={"env": "PUSHQ_TOKEN_FAILURES_PER_ADDRESS"})
+    token_failure_window_seconds: int = field(default=300, metadata={"env": "PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS"})
+    # The claim (name=value) that makes a token with app_id a service token; pushq's own tokens carry it.
+    service_token_claim: str = field(default="token_use=service", metadata={"env": "PUSHQ_SERVICE_TOKEN_CLAIM"})
     log_level: str = field(default="INFO", metadata={"env": "PUSHQ_LOG_LEVEL"})
 
     @classmethod
@@ -116,6 +130,51 @@ class Settings:
             raise ConfigError(f"{sorted(asymmetric)} need JWT_PUBLIC_KEY or JWT_JWKS_URL")
         if self.delivery_chunk_size < 1:
             raise ConfigError("PUSHQ_DELIVERY_CHUNK_SIZE must be at least 1")
+        self._validate_security_limits()
+        if self.push_concurrency < 1:
+            raise ConfigError("PUSHQ_PUSH_CONCURRENCY must be at least 1")
+        if self.claim_lease_seconds <= self.deliver_time_limits[1]:
+            # A live worker's deliveries must never be claimed by another.
+            raise ConfigError(
+                f"PUSHQ_CLAIM_LEASE_SECONDS ({self.claim_lease_seconds}) must exceed a chunk's hard time limit "
+                f"({self.deliver_time_limits[1]:.0f} s: push deadline x waves of PUSHQ_PUSH_CONCURRENCY + margins)"
+            )
+
+    @property
+    def push_deadline(self) -> float:
+        """Seconds one push may take in all: connect, send and the whole answer."""
+        if self.push_deadline_seconds is not None:
+            return self.push_deadline_seconds
+        return self.vendor_connect_timeout + self.vendor_read_timeout
+
+    @property
+    def deliver_time_limits(self) -> tuple[float, float]:
+        """Celery (soft, hard) time limits of a deliver task: a chunk's worst case plus margins.
+
+        Pushes run concurrently, at most ``push_concurrency`` per origin, each bounded by the
+        push deadline; the soft limit leaves time to write outcomes, the hard one to give up.
+        """
+        waves = -(-self.delivery_chunk_size // self.push_concurrency)
+        soft = waves * self.push_deadline + 30.0
+        return soft, soft + 30.0
+
+    def _validate_security_limits(self) -> None:
+        """The egress allowlist, device cap, token-endpoint throttle and service-token claim (README "Security")."""
+        from shared.egress import parse_host_patterns
+
+        try:
+            parse_host_patterns(self.webpush_extra_hosts)
+        except ValueError as exc:
+            raise ConfigError(f"PUSHQ_WEBPUSH_EXTRA_HOSTS: {exc}") from None
+        for name, value in (("PUSHQ_MAX_DEVICES_PER_USER", self.max_devices_per_user),
+                            ("PUSHQ_TOKEN_FAILURES_PER_CLIENT", self.token_failures_per_client),
+                            ("PUSHQ_TOKEN_FAILURES_PER_ADDRESS", self.token_failures_per_address),
+                            ("PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS", self.token_failure_window_seconds)):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        claim, equals, value = self.service_token_claim.partition("=")
+        if not (claim.strip() and equals and value.strip()) or claim.strip() in {"iss", "aud", "sub", "exp", "app_id"}:
+            raise ConfigError("PUSHQ_SERVICE_TOKEN_CLAIM must be name=value, naming a claim other than iss/aud/sub/exp/app_id")
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied and validated."""
@@ -131,7 +190,7 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
             return _bool(raw)
         if kind == "int":
             return int(raw)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(raw)
         if kind == "tuple[str, ...]":
             return _tuple(raw)

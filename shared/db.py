@@ -26,6 +26,7 @@ _AFTER_ROLLBACK_KEY = "pushq_after_rollback"
 
 def make_engine(database_url: str, **kwargs: object) -> Engine:
     """An engine with sane pool settings for PostgreSQL and safe defaults for SQLite."""
+    kwargs.setdefault("hide_parameters", True)  # statement parameters (tokens, user data) never reach logs
     if database_url.startswith("sqlite"):
         engine = create_engine(database_url, connect_args={"timeout": 30}, **kwargs)
 
@@ -37,8 +38,9 @@ def make_engine(database_url: str, **kwargs: object) -> Engine:
             cursor.close()
 
         return engine
-    # pool_pre_ping replaces connections PostgreSQL dropped (restart, failover, idle kill).
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping (a round trip per checkout): a connection PostgreSQL dropped is
+    # invalidated when a statement fails on it, and callers retry the transaction
+    # (run_in_transaction in the workers, the endpoint wrapper in the API).
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 5)
         kwargs.setdefault("max_overflow", 10)
