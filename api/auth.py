@@ -3,9 +3,18 @@
 Two kinds of caller:
 
 * a **service** (machine-to-machine) token, issued by a client-credentials
-  grant: it carries ``app_id`` (the app it acts for) and ``scope``
-  (space-separated, e.g. ``push:send``); ``sub`` is the client id;
-* a **user** token: ``sub`` is the user's id (a UUID), no ``app_id``.
+  grant: it carries the service-token claim (``PUSHQ_SERVICE_TOKEN_CLAIM``,
+  default ``token_use: service``), ``app_id`` (the app it acts for) and
+  ``scope`` (space-separated, e.g. ``push:send``); ``sub`` is the client id;
+* a **user** token: every other token; ``sub`` is the user's id (a UUID). An
+  ``app_id`` or ``scope`` in it gives no service rights: identity providers
+  put such claims into user tokens too, so only the claim an operator chose
+  (and configured the IdP to set on client-credentials tokens only) marks a
+  service token (OWASP API5).
+
+A service token with a ``client_id`` claim (every token ``POST /oauth/token``
+issues) stops verifying within :data:`REVOKED_CLIENTS_REFRESH_SECONDS` (+ the
+time of one reload) of ``pushq revoke-client``: see :class:`RevokedClients`.
 
 Both must be signed with an allowed algorithm and carry valid ``exp``, ``iss``
 and ``aud``. Keys come from settings: a shared secret (HS*), a PEM public key,
@@ -36,7 +45,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -66,6 +75,12 @@ JWKS_REFETCH_INTERVAL_SECONDS = 30.0
 JWKS_RETRY_AFTER_FAILURE_SECONDS = 5.0
 JWKS_STALE_GRACE_SECONDS = 300.0
 JWKS_TIMEOUT_SECONDS = 5.0
+
+# How stale the per-process set of revoked OAuth clients may get: a revoked client's tokens
+# stop working within this (plus one reload), far inside the promised 60 s. After a failed
+# reload (database unreachable) the last set is kept and the reload retried this soon.
+REVOKED_CLIENTS_REFRESH_SECONDS = 30.0
+REVOKED_CLIENTS_RETRY_SECONDS = 5.0
 
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES521": "secp521r1",
               "ES256K": "secp256k1"}
@@ -288,11 +303,85 @@ class JwksKeys:
         return True
 
 
+# -- service tokens and revoked clients -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceTokenRule:
+    """The claim that makes a token a service token (``PUSHQ_SERVICE_TOKEN_CLAIM`` = ``name=value``).
+
+    The claim matches when it equals ``value`` or, for a list claim (``roles``,
+    ``groups``), contains it. Examples: pushq's default ``token_use=service``
+    (what pushq itself mints), Auth0's ``gty=client-credentials``.
+    """
+
+    claim: str
+    value: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ServiceTokenRule":
+        claim, _, value = settings.service_token_claim.partition("=")
+        if not claim.strip() or not value.strip():
+            raise ConfigError("PUSHQ_SERVICE_TOKEN_CLAIM must be name=value")
+        return cls(claim.strip(), value.strip())
+
+    def matches(self, claims: dict[str, Any]) -> bool:
+        found = claims.get(self.claim)
+        return found == self.value or (isinstance(found, list) and self.value in found)
+
+    def as_claims(self) -> dict[str, str]:
+        """What a token pushq mints as a service token carries."""
+        return {self.claim: self.value}
+
+
+class RevokedClients:
+    """The ids of revoked OAuth clients, cached per process and reloaded at most every ``refresh_seconds``.
+
+    ``load`` reads them (the database, :func:`shared.services.clients.revoked_client_ids`).
+    One reload per interval for the whole process, whatever the traffic; when a
+    reload fails the previous set stays in use (logged) and the reload is retried
+    after ``retry_seconds``: a database outage fails the requests that need it
+    anyway, it should not turn every token into a 401.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], Iterable[str]],
+        *,
+        refresh_seconds: float = REVOKED_CLIENTS_REFRESH_SECONDS,
+        retry_seconds: float = REVOKED_CLIENTS_RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load, self._refresh, self._retry, self._clock = load, refresh_seconds, retry_seconds, clock
+        self._lock = threading.Lock()
+        self._revoked: frozenset[str] = frozenset()
+        self._next_load_at: float | None = None
+
+    def __contains__(self, client_id: object) -> bool:
+        with self._lock:
+            now = self._clock()
+            if self._next_load_at is None or now >= self._next_load_at:
+                try:
+                    self._revoked = frozenset(self._load())
+                    self._next_load_at = now + self._refresh
+                except Exception as exc:  # noqa: BLE001 - keep verifying with the last known set
+                    log.warning("reloading revoked OAuth clients failed: %s", type(exc).__name__)
+                    self._next_load_at = now + self._retry
+            return client_id in self._revoked
+
+
 # -- verification --------------------------------------------------------------
 
 
 class TokenVerifier:
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic, **jwks_options: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        revoked_clients: RevokedClients | None = None,
+        **jwks_options: Any,
+    ) -> None:
         settings.validate()  # never 'none', never HS* next to a public key or a JWKS URL
         self.settings = settings
         self.algorithms = tuple(settings.jwt_algorithms)
@@ -312,6 +401,8 @@ class TokenVerifier:
         signing = load_signing_key(settings)
         # pushq's own tokens (POST /oauth/token with PUSHQ_TOKEN_SIGNING_KEY) name their key by thumbprint.
         self._own = signing if signing is not None and signing.kid is not None else None
+        self.service_rule = ServiceTokenRule.from_settings(settings)
+        self.revoked_clients = revoked_clients
 
     def verify(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
@@ -339,7 +430,12 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise AuthError(str(exc)) from None
-        return principal_from_claims(claims)
+        principal = principal_from_claims(claims, self.service_rule)
+        client_id = claims.get("client_id")
+        if principal.is_service and client_id is not None and self.revoked_clients is not None \
+                and client_id in self.revoked_clients:
+            raise AuthError("the token's OAuth client is revoked")
+        return principal
 
     def _key(self, algorithm: str, kid: Any) -> Any:
         if is_symmetric(algorithm):
@@ -373,20 +469,25 @@ def _load_public_key(settings: Settings) -> Any:
     return key
 
 
-def principal_from_claims(claims: dict[str, Any]) -> Principal:
-    scopes = frozenset(str(claims.get("scope", "")).split())
+def principal_from_claims(claims: dict[str, Any], rule: ServiceTokenRule) -> Principal:
+    """A service principal when ``rule`` matches (then ``app_id`` is required), a user principal otherwise.
+
+    A user token's ``app_id`` and ``scope`` are ignored: they grant nothing.
+    """
     subject = str(claims["sub"])
-    if "app_id" in claims:
+    if rule.matches(claims):
+        if "app_id" not in claims:
+            raise AuthError("service token without app_id")
         try:
             app_id = uuid.UUID(str(claims["app_id"]))
         except ValueError:
             raise AuthError("app_id is not a UUID") from None
-        return Principal("service", subject, app_id, None, scopes)
+        return Principal("service", subject, app_id, None, frozenset(str(claims.get("scope", "")).split()))
     try:
         user_id = uuid.UUID(subject)
     except ValueError:
         raise AuthError("user token sub is not a UUID") from None
-    return Principal("user", subject, None, user_id, scopes)
+    return Principal("user", subject, None, user_id, frozenset())
 
 
 # -- issuing -------------------------------------------------------------------
@@ -400,6 +501,7 @@ class TokenIssuer:
             raise ConfigError("PUSHQ_TOKEN_LIFETIME_SECONDS must be at least 1")
         self.settings = settings
         self.signing = load_signing_key(settings)
+        self.service_rule = ServiceTokenRule.from_settings(settings)
 
     @property
     def enabled(self) -> bool:
@@ -423,6 +525,7 @@ class TokenIssuer:
             "iat": now,
             "exp": now + self.settings.token_lifetime_seconds,
             "jti": uuid.uuid4().hex,
+            **self.service_rule.as_claims(),
         }
         headers = {"kid": self.signing.kid} if self.signing.kid else None
         return jwt.encode(claims, self.signing.key, algorithm=self.signing.algorithm, headers=headers)
@@ -439,7 +542,11 @@ def mint_token(
     algorithm: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Sign a token the API accepts (development and tests; production uses its IdP or POST /oauth/token)."""
+    """Sign a token the API accepts (development and tests; production uses its IdP or POST /oauth/token).
+
+    With ``app_id`` it is a service token: it also carries the service-token claim
+    (PUSHQ_SERVICE_TOKEN_CLAIM). Without, a user token (``sub`` = the user id).
+    """
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": settings.jwt_issuer,
@@ -451,6 +558,7 @@ def mint_token(
     if app_id is not None:
         claims["app_id"] = str(app_id)
         claims["scope"] = " ".join(scopes)
+        claims.update(ServiceTokenRule.from_settings(settings).as_claims())
     claims.update(extra or {})
     algorithm = algorithm or settings.jwt_algorithms[0]
     key = private_key if private_key is not None else settings.jwt_secret

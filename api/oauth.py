@@ -21,6 +21,7 @@ from marshmallow import Schema, fields
 
 from api.auth import TokenIssuer
 from api.http import db_session, endpoint
+from shared.guards import TooManyFailedAuthentications
 from shared.services import clients
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> Res
         400: "invalid_request / unsupported_grant_type / invalid_scope",
         401: "Client authentication failed (invalid_client)",
         404: "The built-in token endpoint is disabled (token_endpoint_disabled)",
+        429: "Too many failed client authentications, try again later (rate_limited)",
     },
     tags=["oauth"],
     openapi={"requestBody": OPENAPI_REQUEST_BODY, "security": [{"clientBasic": []}, {}]},
@@ -117,7 +119,10 @@ def issue_token(_principal, _body, **_):
     carries `Cache-Control: no-store`; the token is a service JWT for the client's app (`sub` = client id,
     `app_id`, `scope`), valid for `PUSHQ_TOKEN_LIFETIME_SECONDS`. Errors follow RFC 6749 section 5.2:
     `error` is the OAuth error code, `message` describes it. Answers 404 `token_endpoint_disabled` when
-    pushq has no key to sign with (RS*/ES* deployments without `PUSHQ_TOKEN_SIGNING_KEY`).
+    pushq has no key to sign with (RS*/ES* deployments without `PUSHQ_TOKEN_SIGNING_KEY`). Failed
+    authentications are limited per client id (`PUSHQ_TOKEN_FAILURES_PER_CLIENT`) and per source address
+    (`PUSHQ_TOKEN_FAILURES_PER_ADDRESS`) in a sliding `PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS`: beyond, 429
+    `rate_limited` with `Retry-After`, before the secret is even checked.
     """
     issuer = _issuer()
     if not issuer.enabled:
@@ -131,6 +136,9 @@ def issue_token(_principal, _body, **_):
         # Every 401 names the scheme (RFC 9110 section 11.6.1; RFC 6749 section 5.2 for clients that tried Basic).
         headers = {"WWW-Authenticate": 'Basic realm="pushq", charset="UTF-8"'} if exc.status == 401 else {}
         return _json({"error": exc.error, "message": exc.message}, exc.status, headers)
+    except TooManyFailedAuthentications as exc:
+        log.info("token request refused: too many failed client authentications")
+        return _json({"error": exc.code, "message": exc.message}, exc.status, exc.headers)
     return _json(body, 200)
 
 
@@ -151,7 +159,9 @@ def _grant() -> dict:
     if grant_type != GRANT_TYPE:
         raise OAuthError(400, "unsupported_grant_type", f"Only grant_type={GRANT_TYPE} is supported")
     try:
-        client = clients.authenticate(db_session(), client_id, secret)
+        client = clients.authenticate(db_session(), client_id, secret,
+                                      limiter=current_app.extensions["pushq"].client_auth_limiter,
+                                      address=request.remote_addr)
     except clients.InvalidClient:
         raise _invalid_client() from None
     granted = _granted_scopes(form.get("scope"), clients.client_scopes(client))

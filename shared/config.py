@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     """A setting has a value pushq cannot work with."""
 
 
+# Claims with a meaning of their own: none of them can be what marks a service token.
+_RESERVED_CLAIMS = frozenset({"iss", "aud", "sub", "exp", "nbf", "iat", "jti", "app_id", "scope", "client_id"})
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -173,8 +177,8 @@ class Settings:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1")
         claim, equals, value = self.service_token_claim.partition("=")
-        if not (claim.strip() and equals and value.strip()) or claim.strip() in {"iss", "aud", "sub", "exp", "app_id"}:
-            raise ConfigError("PUSHQ_SERVICE_TOKEN_CLAIM must be name=value, naming a claim other than iss/aud/sub/exp/app_id")
+        if not (claim.strip() and equals and value.strip()) or claim.strip() in _RESERVED_CLAIMS:
+            raise ConfigError(f"PUSHQ_SERVICE_TOKEN_CLAIM must be name=value, the name none of {sorted(_RESERVED_CLAIMS)}")
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied and validated."""

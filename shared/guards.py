@@ -1,11 +1,13 @@
-"""Redis-backed guards shared by every API process: the daily quota and the registration rate limit.
+"""Redis-backed guards shared by every API process: the daily quota, the registration rate
+limit and the limit on failed client authentications at the token endpoint.
 
-Both are single Lua scripts, so each check-and-count is atomic in Redis and
+Each is a single Lua script, so each check-and-count is atomic in Redis and
 exact however many API processes run at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from dataclasses import dataclass
@@ -27,9 +29,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {1, used}
 """
 
+# A refund never creates the counter (the day's key may have expired, or the day turned) and never
+# leaves it without an expiry: a counter without TTL would live in Redis forever.
 _REFUND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local left = redis.call('DECRBY', KEYS[1], ARGV[1])
 if left < 0 then redis.call('SET', KEYS[1], 0, 'KEEPTTL') end
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return left
 """
 
@@ -48,6 +54,31 @@ redis.call('PEXPIRE', KEYS[1], window)
 return {1, count + 1, 0}
 """
 
+# Sliding windows of authentication attempts, one per key (KEYS[i] limited to ARGV[2 + i]): when any
+# window is full, the milliseconds until the last full one has room; otherwise the attempt (ARGV[3 +
+# #KEYS], a unique member) is added to every window and 0 returned. Taken before the secret is checked,
+# so concurrent attempts cannot overshoot; a successful attempt is removed again (it is no failure).
+_ATTEMPT_SLOT = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local member = ARGV[3 + #KEYS]
+local wait = 0
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local until_free = tonumber(oldest[2]) + window - now
+    if until_free > wait then wait = until_free end
+  end
+end
+if wait > 0 then return wait end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, window)
+end
+return 0
+"""
+
 
 class QuotaExceeded(ServiceError):
     status, code, message = 429, "daily_quota_exceeded", "Daily quota exceeded"
@@ -55,6 +86,10 @@ class QuotaExceeded(ServiceError):
 
 class RateLimited(ServiceError):
     status, code, message = 429, "rate_limited", "Too many registrations, try again later"
+
+
+class TooManyFailedAuthentications(ServiceError):
+    status, code, message = 429, "rate_limited", "Too many failed client authentications, try again later"
 
 
 @dataclass(frozen=True)
@@ -106,7 +141,7 @@ class DailyQuota:
 
     def refund(self, app_id: uuid.UUID, count: int, now: datetime) -> None:
         """Give back a reservation whose request did not commit."""
-        self._refund(keys=[self._key(app_id, now)], args=[count])
+        self._refund(keys=[self._key(app_id, now)], args=[count, 2 * 86_400])
 
 
 @dataclass(frozen=True)
@@ -133,3 +168,49 @@ class RegistrationLimiter:
         if not allowed:
             retry_after = max(math.ceil((int(oldest) + self.window_ms - now_ms) / 1000), 1)
             raise RateLimited(headers={"Retry-After": str(retry_after)})
+
+
+@dataclass(frozen=True)
+class AuthenticationAttempt:
+    """A reserved slot in the failure windows: forgiven when the authentication succeeds."""
+
+    keys: tuple[str, ...]
+    member: str
+
+
+class ClientAuthFailureLimiter:
+    """At most ``per_client`` failed authentications per client id, and ``per_address`` per source
+    address, in any sliding ``window_seconds`` (the token endpoint; OWASP API4).
+
+    :meth:`reserve` runs before the secret's scrypt hash is computed, so a flood of
+    guesses costs one Redis round trip each, not tens of milliseconds of CPU and
+    16 MiB of memory. Client ids are keyed by their SHA-256 (any string a caller
+    sends, bounded in size).
+    """
+
+    def __init__(self, client: redis.Redis, per_client: int, per_address: int, window_seconds: int) -> None:
+        self._attempt = client.register_script(_ATTEMPT_SLOT)
+        self._client = client
+        self.per_client, self.per_address = per_client, per_address
+        self.window_ms = window_seconds * 1000
+
+    def reserve(self, client_id: str, address: str | None, now: datetime) -> AuthenticationAttempt:
+        """Count an attempt as a failure until :meth:`forgive`; :class:`TooManyFailedAuthentications` when over."""
+        client_key = "pushq:auth-failures:client:" + hashlib.sha256(str(client_id).encode("utf-8", "replace")).hexdigest()
+        address_key = f"pushq:auth-failures:address:{address or 'unknown'}"
+        attempt = AuthenticationAttempt((client_key, address_key), uuid.uuid4().hex)
+        now_ms = int(now.timestamp() * 1000)
+        wait_ms = int(self._attempt(
+            keys=list(attempt.keys),
+            args=[now_ms, self.window_ms, self.per_client, self.per_address, attempt.member],
+        ))
+        if wait_ms > 0:
+            raise TooManyFailedAuthentications(headers={"Retry-After": str(max(math.ceil(wait_ms / 1000), 1))})
+        return attempt
+
+    def forgive(self, attempt: AuthenticationAttempt) -> None:
+        """The attempt succeeded: it no longer counts against the client or the address."""
+        pipeline = self._client.pipeline(transaction=False)
+        for key in attempt.keys:
+            pipeline.zrem(key, attempt.member)
+        pipeline.execute()

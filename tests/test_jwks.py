@@ -129,7 +129,7 @@ def verifier(jwks_settings: Settings, clock: FakeClock) -> TokenVerifier:
 def claims(settings: Settings, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
     values = {"iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": "svc", "iat": now, "exp": now + 600,
-              "app_id": str(uuid.uuid4()), "scope": "push:send"}
+              "app_id": str(uuid.uuid4()), "scope": "push:send", "token_use": "service"}
     values.update(changes)
     return {k: v for k, v in values.items() if v is not None}
 
@@ -165,7 +165,7 @@ def test_tokens_verify_with_the_key_their_kid_names(verifier, jwks_settings, jwk
     assert principal.is_service and principal.app_id == app_id
     assert verifier.verify(sign(ec1, jwks_settings)).is_service
     user_id = uuid.uuid4()
-    assert verifier.verify(sign(rsa1, jwks_settings, sub=str(user_id), app_id=None, scope=None)).user_id == user_id
+    assert verifier.verify(sign(rsa1, jwks_settings, sub=str(user_id), app_id=None, scope=None, token_use=None)).user_id == user_id
     assert jwks.requests == 1  # one fetch, then the cache
 
 

@@ -6,6 +6,12 @@ once when the client is created and stored only as a salted scrypt hash
 not leak working credentials, and the parameters travel with each hash so they
 can be raised later without breaking stored ones. Checking a secret compares
 in constant time and costs the same whether or not the client exists.
+
+Guessing is throttled: with a :class:`shared.guards.ClientAuthFailureLimiter`,
+failed authentications per client id and per source address are counted in
+Redis and refused *before* the scrypt hash runs. A revoked client gets no new
+tokens, and the tokens it holds stop verifying within a minute
+(:func:`revoked_client_ids`, read by ``api.auth.RevokedClients``).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import secrets
 import uuid
 from typing import Iterable
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.errors import ServiceError
+from shared.guards import ClientAuthFailureLimiter
 from shared.models import OAuthClient, utcnow
 from shared.services.apps import get_app
 
@@ -120,8 +128,29 @@ def create_client(session: Session, app_id: uuid.UUID, scopes: Iterable[str]) ->
     return client_id, secret
 
 
-def authenticate(session: Session, client_id: str, secret: str) -> OAuthClient:
-    """The active client with this id and secret; :class:`InvalidClient` otherwise (unknown, wrong secret, revoked)."""
+def authenticate(
+    session: Session,
+    client_id: str,
+    secret: str,
+    *,
+    limiter: ClientAuthFailureLimiter | None = None,
+    address: str | None = None,
+) -> OAuthClient:
+    """The active client with this id and secret; :class:`InvalidClient` otherwise (unknown, wrong secret, revoked).
+
+    With ``limiter``, the attempt is counted against ``client_id`` and the source
+    ``address`` first (:class:`shared.guards.TooManyFailedAuthentications` when
+    either has too many recent failures: no hash is computed then) and forgiven
+    when it succeeds.
+    """
+    attempt = limiter.reserve(client_id, address, utcnow()) if limiter is not None else None
+    client = _check_credentials(session, client_id, secret)
+    if attempt is not None:
+        limiter.forgive(attempt)  # type: ignore[union-attr]
+    return client
+
+
+def _check_credentials(session: Session, client_id: str, secret: str) -> OAuthClient:
     client = None
     if isinstance(client_id, str) and _CLIENT_ID.fullmatch(client_id):
         client = session.get(OAuthClient, client_id)
@@ -134,7 +163,7 @@ def authenticate(session: Session, client_id: str, secret: str) -> OAuthClient:
 
 
 def revoke_client(session: Session, client_id: str) -> OAuthClient:
-    """Stop the client from getting new tokens (tokens already issued run until their ``exp``)."""
+    """Stop the client from getting new tokens; the API refuses the tokens it holds within a minute."""
     client = session.get(OAuthClient, client_id) if _CLIENT_ID.fullmatch(client_id) else None
     if client is None:
         raise ClientNotFound()
@@ -142,6 +171,11 @@ def revoke_client(session: Session, client_id: str) -> OAuthClient:
         client.revoked_at = utcnow()
         session.flush()
     return client
+
+
+def revoked_client_ids(session: Session) -> frozenset[str]:
+    """Every revoked client's id: tokens carrying one as ``client_id`` are refused (``api.auth.RevokedClients``)."""
+    return frozenset(session.scalars(select(OAuthClient.client_id).where(OAuthClient.revoked_at.is_not(None))))
 
 
 def client_scopes(client: OAuthClient) -> list[str]:
