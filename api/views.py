@@ -44,14 +44,22 @@ def _pushq():
             429: "Too many registrations, try again later"}, tags=["devices"],
 )
 def register_device(principal: Principal, body: dict, **_):
-    """Deduplicates on (app_id, token hash): re-registering returns the same device_id and updates last_seen_at."""
+    """Deduplicates on (app_id, token hash): re-registering returns the same device_id and updates last_seen_at.
+
+    Only into an app the user is enrolled in (404 App not found otherwise). A Web Push endpoint must be an
+    https URL of a known push service. Beyond PUSHQ_MAX_DEVICES_PER_USER active devices per user and app,
+    the least recently seen one is disabled.
+    """
+    settings = _pushq().settings
     registration = devices.register_device(
         db_session(),
         app_id=body["app_id"],
         user_id=principal.user_id,
         platform=body["platform"],
         push_token=body["push_token"],
-        allow_http_endpoints=_pushq().settings.allow_http_endpoints,
+        allow_http_endpoints=settings.allow_http_endpoints,
+        extra_push_hosts=settings.webpush_extra_hosts,
+        max_devices=settings.max_devices_per_user,
         limiter=_pushq().registration_limiter,
     )
     return DeviceIdResponse().dump({"device_id": registration.device_id}), 201

@@ -268,11 +268,16 @@ def set_apns_command(app_id: uuid.UUID, key_file, key_id: str, team_id: str, bun
 @click.option("--service-account", type=click.File(), required=True, help="The Firebase service-account JSON key.")
 @click.option("--project-id", help="Firebase project id (default: the key's project_id).")
 def set_fcm_command(app_id: uuid.UUID, service_account, project_id: str | None) -> None:
-    """Give an app its FCM HTTP v1 credentials."""
+    """Give an app its FCM HTTP v1 credentials (the key's token_uri must be Google's, or PUSHQ_FCM_BASE_URL/token)."""
+    from shared.errors import ServiceError
     from shared.services.apps import set_fcm_credentials
 
-    with cli_session() as session:
-        set_fcm_credentials(session, app_id, service_account.read(), project_id)
+    try:
+        with cli_session() as session:
+            set_fcm_credentials(session, app_id, service_account.read(), project_id,
+                                fcm_base_url=load_settings().fcm_base_url)
+    except (ServiceError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo("FCM credentials stored")
 
 

@@ -6,10 +6,10 @@ import base64
 import binascii
 import json
 import re
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Iterable
 
 from shared import crypto
+from shared.egress import EndpointRefused, check_push_endpoint
 from shared.errors import InvalidPushToken
 from shared.models import Platform
 
@@ -23,7 +23,9 @@ def b64url_decode(value: str) -> bytes:
     return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
 
 
-def canonical_token(platform: str, push_token: str, *, allow_http: bool = False) -> tuple[str, str]:
+def canonical_token(
+    platform: str, push_token: str, *, allow_http: bool = False, extra_hosts: Iterable[str] = ()
+) -> tuple[str, str]:
     """Validate ``push_token`` for ``platform``; return (canonical token, token hash).
 
     For Web Push the token is the browser's PushSubscription JSON and the hash is
@@ -31,9 +33,13 @@ def canonical_token(platform: str, push_token: str, *, allow_http: bool = False)
     re-registration with refreshed keys updates the same device. The hash is the
     HMAC with PUSHQ_TOKEN_HASH_KEY (:func:`shared.crypto.token_hash`): the token
     itself is only ever stored encrypted.
+
+    A Web Push endpoint must pass the egress rules (:func:`shared.egress.check_push_endpoint`:
+    an allowlisted push service over https, or with ``allow_http`` = PUSHQ_ALLOW_HTTP_ENDPOINTS
+    http to loopback; ``extra_hosts`` = PUSHQ_WEBPUSH_EXTRA_HOSTS), since the workers will POST to it.
     """
     if platform == Platform.WEB.value:
-        subscription = parse_subscription(push_token, allow_http=allow_http)
+        subscription = parse_subscription(push_token, allow_http=allow_http, extra_hosts=extra_hosts)
         canonical = json.dumps(subscription, separators=(",", ":"), sort_keys=True)
         return canonical, crypto.token_hash(subscription["endpoint"])
     if platform == Platform.IOS.value:
@@ -48,8 +54,10 @@ def canonical_token(platform: str, push_token: str, *, allow_http: bool = False)
     raise InvalidPushToken(reason=f"unknown platform {platform!r}")
 
 
-def parse_subscription(push_token: str, *, allow_http: bool = False) -> dict[str, Any]:
-    """Validate a Web Push subscription (``JSON.stringify(pushSubscription)``)."""
+def parse_subscription(
+    push_token: str, *, allow_http: bool = False, extra_hosts: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Validate a Web Push subscription (``JSON.stringify(pushSubscription)``) and its endpoint's egress rules."""
     try:
         raw = json.loads(push_token)
     except (ValueError, TypeError):
@@ -57,10 +65,12 @@ def parse_subscription(push_token: str, *, allow_http: bool = False) -> dict[str
     if not isinstance(raw, dict) or not isinstance(raw.get("endpoint"), str) or not isinstance(raw.get("keys"), dict):
         raise InvalidPushToken(reason="subscription needs endpoint and keys")
     endpoint = raw["endpoint"]
-    parts = urlsplit(endpoint)
-    schemes = {"https", "http"} if allow_http else {"https"}
-    if parts.scheme not in schemes or not parts.netloc or len(endpoint) > MAX_ENDPOINT_LENGTH:
-        raise InvalidPushToken(reason="endpoint must be an https URL")
+    if len(endpoint) > MAX_ENDPOINT_LENGTH:
+        raise InvalidPushToken(reason=f"endpoint is longer than {MAX_ENDPOINT_LENGTH} characters")
+    try:
+        check_push_endpoint(endpoint, allow_http_loopback=allow_http, extra_hosts=extra_hosts)
+    except EndpointRefused as refused:
+        raise InvalidPushToken(reason=refused.reason) from None
     keys = raw["keys"]
     p256dh, auth = keys.get("p256dh"), keys.get("auth")
     try:

@@ -301,7 +301,8 @@ class Tenant:
     def configure_fcm(self, fcm: FcmStandin, project_id: str = "pushq-test") -> None:
         """Give the app a service account the stand-in trusts."""
         with session_scope(self.session_factory) as session:
-            set_fcm_credentials(session, self.id, json.dumps(fcm.new_service_account(project_id)))
+            set_fcm_credentials(session, self.id, json.dumps(fcm.new_service_account(project_id)),
+                                fcm_base_url=fcm.base_url)
 
     def enroll(self, *user_ids: uuid.UUID) -> None:
         with session_scope(self.session_factory) as session:

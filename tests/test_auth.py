@@ -55,6 +55,7 @@ def service_claims(settings: Settings, app_id: uuid.UUID, **changes: Any) -> dic
         "exp": now + 3600,
         "app_id": str(app_id),
         "scope": "push:send",
+        "token_use": "service",
     }
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not None}
@@ -171,8 +172,8 @@ def register_ios(client, tenant, headers):
     )
 
 
-def test_valid_user_token_can_register(client, tenant):
-    assert register_ios(client, tenant, tenant.user_headers(uuid.uuid4())).status_code == 201
+def test_valid_user_token_can_register(client, tenant, user):
+    assert register_ios(client, tenant, tenant.user_headers(user)).status_code == 201
 
 
 @pytest.mark.parametrize("subject", ["alice", "12345", "", "00000000-0000-0000-0000-00000000000z"])

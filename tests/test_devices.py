@@ -78,8 +78,11 @@ def assert_invalid_push_token(response) -> None:
 
 
 @pytest.fixture
-def user() -> uuid.UUID:
-    return uuid.uuid4()
+def user(tenant) -> uuid.UUID:
+    """A user enrolled in ``tenant``: only enrolled users may register devices into an app."""
+    user_id = uuid.uuid4()
+    tenant.enroll(user_id)
+    return user_id
 
 
 # -- registering each platform ---------------------------------------------------
@@ -121,6 +124,7 @@ def test_a_user_can_have_several_devices(client, tenant, user, push_service, ses
 
 def test_same_token_in_two_apps_is_two_devices(client, tenant, other_tenant, user):
     """Deduplication is per app."""
+    other_tenant.enroll(user)
     token = ios_token()
     assert registered_id(client, tenant, user, "ios", token) != registered_id(client, other_tenant, user, "ios", token)
 
@@ -398,6 +402,7 @@ def test_racing_duplicate_registrations_make_one_device(api, tenant, push_servic
         platform = platforms[n % len(platforms)]
         token = {"web": lambda: json.dumps(push_service.new_subscription()), "ios": ios_token, "android": fcm_token}[platform]()
         user_id = uuid.uuid4()
+        tenant.enroll(user_id)
         body = registration(tenant, platform, token)
         with ThreadPoolExecutor(max_workers=2) as pool:
             responses = list(pool.map(lambda _: post(user_id, body), range(2)))

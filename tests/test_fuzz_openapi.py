@@ -158,7 +158,9 @@ def test_limits_and_replays_answer_as_documented(fuzz_schema, tenant, settings, 
     assert response.status_code == 429 and "x-quota-reset" in response.headers
 
     register = fuzz_schema["/push/devices/register"]["POST"]
-    user_headers = tenant.user_headers(uuid.uuid4())
+    registering_user = uuid.uuid4()
+    tenant.enroll(registering_user)
+    user_headers = tenant.user_headers(registering_user)
     statuses = []
     for n in range(settings.registration_limit + 1):
         token = f"{n:064x}"

@@ -41,6 +41,7 @@ def test_notifications_newest_first_with_filters_and_pages(client, worker, tenan
 
 def test_devices_are_listed_without_tokens(client, tenant, other_tenant, push_service):
     user = uuid.uuid4()
+    tenant.enroll(user)
     subscription = push_service.new_subscription()
     ids = []
     for platform, token in (("web", json.dumps(subscription)), ("ios", "ef" * 32)):

@@ -60,6 +60,7 @@ def patient_send(api, tenant, patient_id, **fields):
 def test_fan_out_reports_sent_and_rejected_and_disables_the_gone_subscription(api, worker, tenant, push_service):
     patient, person = uuid.uuid4(), uuid.uuid4()
     map_patient(api, tenant, patient, person)
+    tenant.enroll(person)  # only users enrolled in the app may register devices into it
     subscriptions = [push_service.new_subscription() for _ in range(3)]
     device_ids = [register_web(api, tenant, person, s) for s in subscriptions]
     push_service.set_behavior(subscriptions[2], 410)
@@ -89,6 +90,7 @@ def test_fan_out_reports_sent_and_rejected_and_disables_the_gone_subscription(ap
 def test_only_web_subscriptions_are_fanned_out(api, worker, tenant, push_service):
     patient, person = uuid.uuid4(), uuid.uuid4()
     map_patient(api, tenant, patient, person)
+    tenant.enroll(person)  # only users enrolled in the app may register devices into it
     web = register_web(api, tenant, person, push_service.new_subscription())
     api.post("/push/devices/register", json={"app_id": str(tenant.id), "platform": "ios", "push_token": "cd" * 32},
              headers=tenant.user_headers(person))
@@ -162,6 +164,7 @@ def test_patient_without_subscriptions_gets_zero_counts(api, worker, tenant):
 def test_a_stalled_push_service_is_pending_at_the_deadline_then_sent(api, worker, tenant, push_service, settings):
     patient, person = uuid.uuid4(), uuid.uuid4()
     map_patient(api, tenant, patient, person)
+    tenant.enroll(person)  # only users enrolled in the app may register devices into it
     subscription = push_service.new_subscription()
     device_id = register_web(api, tenant, person, subscription)
     # Slow, then accepts: slower than the 1 s deadline, faster than the worker's 3 s read timeout

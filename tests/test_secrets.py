@@ -26,6 +26,7 @@ from shared.config import ConfigError, Settings
 from shared.db import session_scope
 from shared.models import App, Base, Device
 from shared.services.devices import register_device
+from shared.services.enrollments import enroll
 from shared.tokens import canonical_token
 from tests.conftest import TEST_ENV
 from tests.test_e2e_webpush import final_notification, register_web
@@ -250,6 +251,7 @@ def seed(session_factory, tenant, apns_service, fcm_service, settings: Settings)
     tenant.configure_apns(apns_service)
     tenant.configure_fcm(fcm_service)
     user = uuid.uuid4()
+    tenant.enroll(user)
     tokens = {"ios": ios_token(), "android": android_token()}
     with session_scope(session_factory) as session:
         for platform, token in tokens.items():
@@ -345,6 +347,7 @@ def test_rotate_keys_encrypts_data_stored_before_encryption_at_rest(session_fact
     assert vapid.splitlines()[1] not in json.dumps(every_cell(engine)) and token not in json.dumps(every_cell(engine))
     assert read_app(session_factory, app_id)[0] == vapid
     with session_scope(session_factory) as session:
+        enroll(session, app_id, [user])
         again = register_device(session, app_id=app_id, user_id=user, platform="ios", push_token=token)
     assert (again.device_id, again.created) == (device_id, False)  # found again by its new keyed hash
 
@@ -352,6 +355,7 @@ def test_rotate_keys_encrypts_data_stored_before_encryption_at_rest(session_fact
 def test_a_new_token_hash_key_is_applied_by_rotate_keys(session_factory, settings: Settings, tenant, keys):
     """Devices are re-hashed; one re-registered meanwhile (a second row) wins, the stale row is disabled."""
     user = uuid.uuid4()
+    tenant.enroll(user)
     kept, duplicated = ios_token(), ios_token()
     with session_scope(session_factory) as session:
         kept_id = register_device(session, app_id=tenant.id, user_id=user, platform="ios", push_token=kept).device_id
@@ -388,6 +392,7 @@ def test_rotate_keys_help_explains_the_procedure():
 
 def test_re_registration_finds_the_same_device_by_its_keyed_hash(client, tenant, push_service, session_factory, settings):
     user = uuid.uuid4()
+    tenant.enroll(user)
     subscription = push_service.new_subscription()
     ios, android = ios_token(), android_token()
     ids = {}

@@ -66,17 +66,48 @@ def set_apns_credentials(
     return app
 
 
-def set_fcm_credentials(session: Session, app_id: uuid.UUID, service_account_json: str, project_id: str | None = None) -> App:
-    """Store an app's Firebase service-account key; the project defaults to the key's own."""
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+GOOGLE_FCM_BASE_URL = "https://fcm.googleapis.com"
+
+
+def allowed_fcm_token_uris(fcm_base_url: str = GOOGLE_FCM_BASE_URL) -> tuple[str, ...]:
+    """Where a service account's ``token_uri`` may point: Google's token endpoint, or the
+    ``/token`` of a configured PUSHQ_FCM_BASE_URL (a stand-in or proxy serves both there)."""
+    configured = fcm_base_url.rstrip("/")
+    if configured == GOOGLE_FCM_BASE_URL:
+        return (GOOGLE_TOKEN_URI,)
+    return (GOOGLE_TOKEN_URI, configured + "/token")
+
+
+def set_fcm_credentials(
+    session: Session,
+    app_id: uuid.UUID,
+    service_account_json: str,
+    project_id: str | None = None,
+    *,
+    fcm_base_url: str = GOOGLE_FCM_BASE_URL,
+) -> App:
+    """Store an app's Firebase service-account key; the project defaults to the key's own.
+
+    The workers POST a signed assertion to the key's ``token_uri``: a key file
+    pointing it anywhere else (an internal address, a server that collects
+    assertions) would make them send requests there, so only
+    :func:`allowed_fcm_token_uris` is accepted (``fcm_base_url`` is PUSHQ_FCM_BASE_URL).
+    """
     import json
 
     try:
         info = json.loads(service_account_json)
     except ValueError:
         raise ValueError("the service account key is not JSON") from None
+    if not isinstance(info, dict):
+        raise ValueError("the service account key is not a JSON object")
     missing = {"type", "client_email", "private_key", "private_key_id", "token_uri"} - set(info)
     if info.get("type") != "service_account" or missing:
         raise ValueError(f"not a service-account key (missing: {sorted(missing)})")
+    allowed = allowed_fcm_token_uris(fcm_base_url)
+    if info["token_uri"] not in allowed:
+        raise ValueError(f"the service account's token_uri must be {' or '.join(allowed)}")
     project = project_id or info.get("project_id")
     if not project:
         raise ValueError("no project id given and none in the key")

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.db_upsert import dialect_insert
-from shared.errors import DeviceNotFound
+from shared.errors import AppNotFound, DeviceNotFound
 from shared.guards import RegistrationLimiter
 from shared.pagination import Page, keyset_page
-from shared.models import Device, utcnow
-from shared.services.apps import get_app
+from shared.models import Device, Enrollment, utcnow
 from shared.tokens import canonical_token
 
 UNREGISTERED = "unregistered"
+REPLACED_DEVICE_LIMIT = "replaced: device limit"
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,34 @@ def register_device(
     platform: str,
     push_token: str,
     allow_http_endpoints: bool = False,
+    extra_push_hosts: Iterable[str] = (),
+    max_devices: int | None = None,
     limiter: RegistrationLimiter | None = None,
 ) -> Registration:
     """Register (or refresh) a device; deduplicated on (app_id, token_hash).
 
+    Only a user enrolled in the app may register into it: anyone else gets
+    :class:`AppNotFound`, the same answer as for an app that does not exist, so
+    the check tells nothing about which apps exist (OWASP API1). A Web Push
+    endpoint must pass the egress rules (``allow_http_endpoints`` and
+    ``extra_push_hosts`` are PUSHQ_ALLOW_HTTP_ENDPOINTS and PUSHQ_WEBPUSH_EXTRA_HOSTS).
+
     One atomic INSERT ... ON CONFLICT DO UPDATE, so two registrations of the same
     token racing each other both get the same device id. Re-registering refreshes
     ``last_seen_at``, re-enables a disabled device, stores the newest token form
-    (refreshed Web Push keys) and moves the device to the registering user.
+    (refreshed Web Push keys) and moves the device to the registering user: only
+    someone presenting the token itself can move a device. The conflict target
+    includes ``app_id``, so a token registered into another app is another device,
+    never this one moved.
+
+    ``max_devices`` (PUSHQ_MAX_DEVICES_PER_USER; None: no cap) bounds the user's
+    active devices in the app: beyond it the least recently seen ones are disabled
+    (OWASP API4: a user cannot make one send fan out without bound).
     """
-    get_app(session, app_id)
-    token, token_hash = canonical_token(platform, push_token, allow_http=allow_http_endpoints)
+    _lock_enrollment(session, app_id, user_id)
+    token, token_hash = canonical_token(
+        platform, push_token, allow_http=allow_http_endpoints, extra_hosts=extra_push_hosts
+    )
     now = utcnow()
     if limiter is not None:
         limiter.hit(user_id, now)  # re-registering counts too
@@ -70,7 +89,45 @@ def register_device(
         },
     ).returning(Device.id)
     device_id = session.execute(upsert).scalar_one()
+    if max_devices is not None:
+        disable_devices_over_limit(session, app_id, user_id, keep=device_id, max_devices=max_devices, now=now)
     return Registration(device_id=device_id, created=device_id == new_id)
+
+
+def _lock_enrollment(session: Session, app_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    """The user's enrollment in the app, locked until commit; :class:`AppNotFound` without one.
+
+    The row lock serializes one user's registrations into one app (PostgreSQL;
+    SQLite serializes writers anyway), so the device cap counts exactly even
+    when registrations race.
+    """
+    enrolled = session.scalars(
+        select(Enrollment.user_id)
+        .where(Enrollment.app_id == app_id, Enrollment.user_id == user_id)
+        .with_for_update()
+    ).one_or_none()  # an enrollment implies its app (foreign key, deleted with the app)
+    if enrolled is None:
+        raise AppNotFound()
+
+
+def disable_devices_over_limit(
+    session: Session, app_id: uuid.UUID, user_id: uuid.UUID, *, keep: uuid.UUID, max_devices: int, now: datetime
+) -> list[uuid.UUID]:
+    """Disable the user's least recently seen active devices beyond ``max_devices`` (``keep`` stays); their ids."""
+    others = session.scalars(
+        select(Device.id)
+        .where(Device.app_id == app_id, Device.user_id == user_id, Device.disabled_at.is_(None), Device.id != keep)
+        .order_by(Device.last_seen_at.desc(), Device.id.desc())
+    ).all()
+    excess = list(others[max(max_devices - 1, 0):])
+    if excess:
+        session.execute(
+            update(Device)
+            .where(Device.id.in_(excess))
+            .values(disabled_at=now, disabled_reason=REPLACED_DEVICE_LIMIT)
+            .execution_options(synchronize_session=False)
+        )
+    return excess
 
 
 def unregister_device(
