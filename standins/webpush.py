@@ -18,6 +18,13 @@ this module runs one over a real HTTP/1.1 socket:
 * keep-alive works, so connection reuse in pushq can be observed
   (:attr:`WebPushStandin.connections_accepted`).
 
+It is fast enough not to be what limits a benchmark of pushq: one asyncio
+event loop (on a background thread) serves every connection with a small
+HTTP/1.1 parser, and a VAPID signature is verified once per distinct
+``Authorization`` header string (pushq reuses one header per origin for
+hours) while ``exp``, ``aud``, ``sub`` and the subscription's key restriction
+are still checked on every push; the RFC 8291 decryption runs for every push.
+
 The same controls are exposed over HTTP under ``/_standin/`` so another
 process (the demo CLI) can drive it; ``python -m standins.webpush --help``.
 """
@@ -25,6 +32,7 @@ process (the demo CLI) can drive it; ``python -m standins.webpush --help``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import json
@@ -36,8 +44,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,6 +72,12 @@ _TTL_RE = re.compile(r"[0-9]{1,10}")
 # Auth params of the "vapid" scheme: name=value or name="value", separated by
 # commas and/or whitespace (py-vapid sends "t=..,k=..", others ", ").
 _AUTH_PARAM_RE = re.compile(r'([A-Za-z]+)\s*=\s*("[^"]*"|[^\s,]+)')
+#: Verified VAPID headers kept (header string -> claims); cleared when full.
+_VAPID_CACHE_SIZE = 4096
+#: Largest request head (request line and headers) accepted, like real servers' limits.
+_MAX_HEAD = 64 * 1024
+#: Idle keep-alive connections are closed after this, like real services.
+_IDLE_TIMEOUT = 120.0
 
 
 def _b64url_encode(data: bytes) -> str:
@@ -141,6 +155,13 @@ class _Subscription:
     behavior: _Behavior | None = None
 
 
+@dataclass(frozen=True)
+class _VerifiedVapid:
+    claims: dict
+    k: str
+    raw_key: bytes
+
+
 class _PushError(Exception):
     """A refusal to answer with, raised from the push validation steps."""
 
@@ -165,8 +186,10 @@ class WebPushStandin:
         self._subscriptions: dict[str, _Subscription] = {}
         self._messages: dict[str, ReceivedMessage] = {}
         self._connections_accepted = 0
-        self._open_connections: set[socket.socket] = set()
-        self._server: _Server | None = None
+        self._open_connections: set[_HttpProtocol] = set()
+        self._vapid_cache: dict[str, _VerifiedVapid] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
         self._base_url: str | None = None
         self._stopped = False
@@ -174,51 +197,75 @@ class WebPushStandin:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> WebPushStandin:
-        """Bind the socket and serve in a daemon thread; returns ``self``."""
+        """Bind the socket and serve on a background thread's event loop; returns ``self``."""
         if self._server is not None or self._stopped:
             raise RuntimeError("a WebPushStandin can be started only once")
-        server = _Server((self._host, self._port), _Handler, self)
-        try:
-            port = server.server_address[1]
-            host = f"[{self._host}]" if ":" in self._host else self._host
-            self._base_url = f"http://{host}:{port}"
-            thread = threading.Thread(
-                target=server.serve_forever,
-                # stop() waits up to one poll interval: keep test teardown quick.
-                kwargs={"poll_interval": 0.02},
-                name=f"webpush-standin:{port}",
-                daemon=True,
-            )
-            thread.start()
-        except BaseException:
-            server.server_close()
-            raise
-        self._server, self._thread = server, thread
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        thread = threading.Thread(target=self._run, args=(ready, failure), name="webpush-standin", daemon=True)
+        thread.start()
+        ready.wait()
+        if failure:
+            thread.join()
+            self._stopped = True
+            raise failure[0]
+        self._thread = thread
         log.debug("web push stand-in listening on %s", self._base_url)
         return self
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            try:
+                family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+                server = loop.run_until_complete(loop.create_server(
+                    lambda: _HttpProtocol(self), host=self._host, port=self._port, family=family,
+                    reuse_address=True, backlog=1024,
+                ))
+            except BaseException as exc:  # reported to start()'s caller
+                failure.append(exc)
+                ready.set()
+                return
+            port = server.sockets[0].getsockname()[1]
+            host = f"[{self._host}]" if ":" in self._host else self._host
+            self._base_url = f"http://{host}:{port}"
+            self._loop, self._server = loop, server
+            ready.set()
+            loop.run_forever()
+            # stop(): close the listener and every connection, let their callbacks run.
+            server.close()
+            with self._lock:
+                connections = list(self._open_connections)
+            for connection in connections:
+                connection.abort()
+            loop.run_until_complete(server.wait_closed())
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            loop.close()
 
     def stop(self) -> None:
         """Stop serving, close the listening socket and open connections.
 
-        Idempotent.  Open keep-alive connections are shut down so their
-        handler threads see EOF, close their sockets and exit.
+        Idempotent.  Open keep-alive connections are closed, so clients see the
+        connection end; delayed answers in progress are dropped.
         """
-        server, thread = self._server, self._thread
-        if server is None:
+        loop, thread = self._loop, self._thread
+        if self._server is None or loop is None:
             return
         self._stopped = True
-        self._server = self._thread = None
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            open_connections = list(self._open_connections)
-        for conn in open_connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its handler
+        self._server = None
+        try:
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:  # loop already closed
+            pass
         if thread is not None:
             thread.join()
+        self._thread = None
 
     def __enter__(self) -> WebPushStandin:
         return self.start()
@@ -333,9 +380,16 @@ class WebPushStandin:
     def _push(self, sub_id: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], str]:
         """Handle ``POST /push/<sub_id>``; returns (status, headers, detail).
 
-        The checks run in the order real services apply them, so a request
-        with several faults gets the same answer as in production.
+        Blocking form (sleeps through a scripted delay); the server itself uses
+        :meth:`_push_begin` and :meth:`_push_end` around an asynchronous sleep.
         """
+        sub, behavior = self._push_begin(sub_id)
+        if behavior is not None and behavior.delay:
+            time.sleep(behavior.delay)
+        return self._push_end(sub_id, sub, behavior, headers, body)
+
+    def _push_begin(self, sub_id: str) -> tuple[_Subscription, _Behavior | None]:
+        """Count the attempt and take the scripted behaviour, if any (404 for an unknown subscription)."""
         with self._lock:
             sub = self._subscriptions.get(sub_id)
             if sub is None:
@@ -346,14 +400,21 @@ class WebPushStandin:
                 behavior.remaining -= 1
                 if behavior.remaining <= 0:
                     sub.behavior = None
-        if behavior is not None:
-            if behavior.delay:
-                time.sleep(behavior.delay)
-            if behavior.status != 201:
-                extra: dict[str, str] = {}
-                if behavior.status in (429, 503) and behavior.retry_after is not None:
-                    extra["Retry-After"] = str(behavior.retry_after)
-                return behavior.status, extra, "scripted by set_behavior"
+        return sub, behavior
+
+    def _push_end(
+        self, sub_id: str, sub: _Subscription, behavior: _Behavior | None, headers: Any, body: bytes
+    ) -> tuple[int, dict[str, str], str]:
+        """The rest of a push once any scripted delay has passed.
+
+        The checks run in the order real services apply them, so a request
+        with several faults gets the same answer as in production.
+        """
+        if behavior is not None and behavior.status != 201:
+            extra: dict[str, str] = {}
+            if behavior.status in (429, 503) and behavior.retry_after is not None:
+                extra["Retry-After"] = str(behavior.retry_after)
+            return behavior.status, extra, "scripted by set_behavior"
 
         ttl, urgency, topic = _check_push_headers(headers)
         claims, public_key = self._check_vapid(sub, headers.get("Authorization"))
@@ -395,9 +456,25 @@ class WebPushStandin:
         return 201, {"Location": location, "TTL": str(ttl)}, f"{len(payload)} bytes"
 
     def _check_vapid(self, sub: _Subscription, authorization: str | None) -> tuple[dict, str]:
-        """Verify an RFC 8292 ``vapid t=<jwt>, k=<key>`` header; returns (claims, k)."""
+        """Verify an RFC 8292 ``vapid t=<jwt>, k=<key>`` header; returns (claims, k).
+
+        The ES256 signature of a given header string is verified once (a
+        sender reuses one header for every push to an origin until near its
+        ``exp``); ``exp``, ``aud``, ``sub``, the 24-hour limit and the
+        subscription's key restriction are checked on every push.
+        """
         if not authorization:
             raise _PushError(401, "missing Authorization")
+        cached = self._vapid_cache.get(authorization)
+        if cached is not None:
+            if sub.application_server_key is not None and cached.raw_key != sub.application_server_key:
+                raise _PushError(403, "subscription is restricted to another application server key")
+            claims = cached.claims
+            if claims["exp"] <= time.time():
+                self._vapid_cache.pop(authorization, None)
+                raise _PushError(401, "invalid VAPID token: Signature has expired")
+            self._check_vapid_claims(claims)
+            return claims, cached.k
         scheme, _, params_text = authorization.strip().partition(" ")
         if scheme.lower() != "vapid":
             raise _PushError(401, "Authorization scheme must be vapid")
@@ -425,11 +502,20 @@ class WebPushStandin:
             )
         except jwt.PyJWTError as exc:
             raise _PushError(401, f"invalid VAPID token: {exc}") from None
+        self._check_vapid_claims(claims)
+        if len(self._vapid_cache) >= _VAPID_CACHE_SIZE:
+            self._vapid_cache.clear()
+        self._vapid_cache[authorization] = _VerifiedVapid(claims, k, raw_key)
+        return claims, k
+
+    def _check_vapid_claims(self, claims: dict) -> None:
+        """The claim checks repeated on every push, cached signature or not."""
+        if claims.get("aud") != self.base_url:
+            raise _PushError(401, "invalid VAPID token: Audience doesn't match")
         if not isinstance(claims["exp"], (int, float)) or claims["exp"] > time.time() + MAX_VAPID_LIFETIME:
             raise _PushError(401, "VAPID exp is more than 24 hours ahead")
-        if not claims["sub"].startswith(("mailto:", "https:")):
+        if not isinstance(claims["sub"], str) or not claims["sub"].startswith(("mailto:", "https:")):
             raise _PushError(401, "VAPID sub must be a mailto: or https: URI")
-        return claims, k
 
     # -- HTTP control endpoints ----------------------------------------------
 
@@ -476,12 +562,12 @@ class WebPushStandin:
             return 400, _error(400, str(exc))
         return 404, _error(404, "no such control endpoint")
 
-    def _connection_opened(self, conn: socket.socket) -> None:
+    def _connection_opened(self, conn: _HttpProtocol) -> None:
         with self._lock:
             self._connections_accepted += 1
             self._open_connections.add(conn)
 
-    def _connection_closed(self, conn: socket.socket) -> None:
+    def _connection_closed(self, conn: _HttpProtocol) -> None:
         with self._lock:
             self._open_connections.discard(conn)
 
@@ -505,135 +591,248 @@ def _check_push_headers(headers: Any) -> tuple[int, str | None, str | None]:
 
 
 def _error(status: int, message: str) -> dict[str, Any]:
-    return {"code": status, "error": HTTPStatus(status).phrase, "message": message}
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return {"code": status, "error": phrase, "message": message}
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its stand-in and speaks IPv6 when asked."""
+class _Headers:
+    """Request headers: case-insensitive ``get`` (first value wins), like ``email.message.Message``."""
 
-    daemon_threads = True
+    __slots__ = ("_items",)
 
-    def __init__(self, address: tuple[str, int], handler: type, standin: WebPushStandin) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
+    def __init__(self, items: dict[str, str]) -> None:
+        self._items = items
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._items.get(name.lower(), default)
+
+
+class _Request:
+    __slots__ = ("method", "path", "headers", "body", "close")
+
+    def __init__(self, method: str, path: str, headers: _Headers, body: bytes, close: bool) -> None:
+        self.method, self.path, self.headers, self.body, self.close = method, path, headers, body, close
+
+
+_SERVER_HEADER = "pushq-webpush-standin"
+_date_cache: list[Any] = [0, ""]
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0], _date_cache[1] = now, formatdate(now, usegmt=True)
+    return _date_cache[1]
+
+
+class _HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection: requests answered in order, kept alive until idle or told to close."""
+
+    def __init__(self, standin: WebPushStandin) -> None:
         self.standin = standin
-        super().__init__(address, handler)
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.busy = False  # a request (maybe with a scripted delay) is being answered
+        self.closing = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.peer = "?"
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Registered here, in the serving thread, so stop() sees every
-        # connection accepted before shutdown() returned.
-        self.standin._connection_opened(request)
-        super().process_request(request, client_address)
+    # asyncio callbacks --------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                # Without TCP_NODELAY, Nagle plus the client's delayed ACK adds ~40 ms per answer.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.standin._connection_opened(self)
+        self._arm_idle_timer()
 
-    def shutdown_request(self, request: Any) -> None:
-        self.standin._connection_closed(request)
-        super().shutdown_request(request)
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.buffer += data
+        if not self.busy:
+            self._process()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients hanging up (or stop() cutting a slow answer) are routine
-        # here; keep them off stderr.
-        log.debug("connection from %s failed", client_address, exc_info=True)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.standin._connection_closed(self)
 
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
-class _Handler(BaseHTTPRequestHandler):
-    """Routes requests to the stand-in; keeps HTTP/1.1 connections alive."""
+    # requests -------------------------------------------------------------------
+    def _arm_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle_timer = loop.call_later(_IDLE_TIMEOUT, self._close)
 
-    protocol_version = "HTTP/1.1"
-    server_version = "pushq-webpush-standin"
-    # Idle keep-alive connections are closed after this, like real services.
-    timeout = 120
-    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle
-    # plus the client's delayed ACK adds ~40 ms per response on keep-alive.
-    disable_nagle_algorithm = True
-    server: _Server
+    def _close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s - %s", self.address_string(), format % args)
+    def _process(self) -> None:
+        """Answer every complete request in the buffer, in order, until one must wait."""
+        while not self.closing and not self.busy:
+            request = self._parse()
+            if request is None:
+                return
+            self._arm_idle_timer()
+            try:
+                delayed = self._dispatch(request)
+            except Exception:
+                log.exception("web push stand-in failed on %s %s", request.method, request.path)
+                request.close = True
+                self._send_json(request, 500, _error(500, "stand-in error"))
+                continue
+            if delayed is not None:
+                self.busy = True
+                asyncio.ensure_future(self._finish_later(request, *delayed))
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def _read_body(self) -> bytes | None:
-        """Read exactly Content-Length bytes; None after answering an error."""
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            self._send_json(411, _error(411, "send a Content-Length"))
+    def _parse(self) -> _Request | None:
+        """One request from the buffer, or None if incomplete (or answered with an error and closing)."""
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > _MAX_HEAD:
+                self._refuse(431, "request head too large")
             return None
-        length_text = (self.headers.get("Content-Length") or "0").strip()
+        try:
+            head = bytes(self.buffer[:end]).decode("iso-8859-1")
+            request_line, *header_lines = head.split("\r\n")
+            method, target, version = request_line.split(" ")
+            if not version.startswith("HTTP/1."):
+                raise ValueError(version)
+            items: dict[str, str] = {}
+            for line in header_lines:
+                name, sep, value = line.partition(":")
+                if not sep or not name or name != name.strip():
+                    raise ValueError(line)
+                items.setdefault(name.lower(), value.strip())
+        except ValueError:
+            self._refuse(400, "malformed request")
+            return None
+        headers = _Headers(items)
+        connection = (items.get("connection") or "").lower()
+        close = version == "HTTP/1.0" and "keep-alive" not in connection or "close" in connection
+        if items.get("transfer-encoding"):
+            self._refuse(411, "send a Content-Length")
+            return None
+        length_text = items.get("content-length", "0").strip() or "0"
         if not length_text.isdigit():
-            self.close_connection = True
-            self._send_json(400, _error(400, "bad Content-Length"))
+            self._refuse(400, "bad Content-Length")
             return None
         length = int(length_text)
         if length > _MAX_READ_BODY:
             # Not worth reading to keep the connection in sync: close it.
-            self.close_connection = True
-            self._send_json(413, _error(413, f"body exceeds {MAX_PUSH_BODY} bytes"))
+            self._refuse(413, f"body exceeds {MAX_PUSH_BODY} bytes")
             return None
-        return self.rfile.read(length) if length else b""
+        if len(self.buffer) < end + 4 + length:
+            if length and (items.get("expect") or "").lower() == "100-continue" and len(self.buffer) == end + 4:
+                assert self.transport is not None
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        body = bytes(self.buffer[end + 4:end + 4 + length])
+        del self.buffer[:end + 4 + length]
+        return _Request(method, target, headers, body, close)
 
-    def _dispatch(self) -> None:
-        body = self._read_body()
-        if body is None:
-            return
-        standin = self.server.standin
-        path = urlsplit(self.path).path
-        try:
-            if path.startswith("/push/"):
-                self._handle_push(path[len("/push/"):], body)
-            elif path == "/_standin" or path.startswith("/_standin/"):
-                status, payload = standin._control(self.command, path, body)
-                self._send_json(status, payload)
+    def _refuse(self, status: int, message: str) -> None:
+        self._write(status, json.dumps(_error(status, message)).encode(), {"Content-Type": "application/json"}, True)
+        self._close()
+
+    def _dispatch(self, request: _Request) -> tuple[str, _Subscription, _Behavior] | None:
+        """Answer ``request`` now, or return what a delayed push needs to finish later."""
+        standin = self.standin
+        path = urlsplit(request.path).path
+        if request.method not in ("GET", "POST", "PUT", "DELETE"):
+            self._send_json(request, 501, _error(501, f"unsupported method {request.method!r}"))
+        elif path.startswith("/push/"):
+            sub_id = path[len("/push/"):]
+            if not sub_id or "/" in sub_id:
+                self._send_json(request, 404, _error(404, "no such endpoint"))
+            elif request.method != "POST":
+                self._send_json(request, 405, _error(405, "use POST"), {"Allow": "POST"})
             else:
-                self._send_json(404, _error(404, "no such endpoint"))
-        except Exception:
-            log.exception("web push stand-in failed on %s %s", self.command, path)
-            self.close_connection = True
-            self._send_json(500, _error(500, "stand-in error"))
+                try:
+                    sub, behavior = standin._push_begin(sub_id)
+                except _PushError as exc:
+                    self._answer_push(request, sub_id, exc.status, {}, exc.message)
+                    return None
+                if behavior is not None and behavior.delay:
+                    return sub_id, sub, behavior
+                self._finish_push(request, sub_id, sub, behavior)
+        elif path == "/_standin" or path.startswith("/_standin/"):
+            status, payload = standin._control(request.method, path, request.body)
+            self._send_json(request, status, payload)
+        else:
+            self._send_json(request, 404, _error(404, "no such endpoint"))
+        return None
 
-    def _handle_push(self, sub_id: str, body: bytes) -> None:
-        if not sub_id or "/" in sub_id:
-            self._send_json(404, _error(404, "no such endpoint"))
-            return
-        if self.command != "POST":
-            self._send_json(405, _error(405, "use POST"), {"Allow": "POST"})
-            return
+    async def _finish_later(self, request: _Request, sub_id: str, sub: _Subscription, behavior: _Behavior) -> None:
         try:
-            status, headers, detail = self.server.standin._push(sub_id, self.headers, body)
+            await asyncio.sleep(behavior.delay)
+            if self.closing:
+                return
+            try:
+                self._finish_push(request, sub_id, sub, behavior)
+            except Exception:
+                log.exception("web push stand-in failed on a delayed push")
+                request.close = True
+                self._send_json(request, 500, _error(500, "stand-in error"))
+        finally:
+            self.busy = False
+        if not self.closing:
+            self._process()
+
+    def _finish_push(self, request: _Request, sub_id: str, sub: _Subscription, behavior: _Behavior | None) -> None:
+        try:
+            status, headers, detail = self.standin._push_end(sub_id, sub, behavior, request.headers, request.body)
         except _PushError as exc:
             status, headers, detail = exc.status, {}, exc.message
+        self._answer_push(request, sub_id, status, headers, detail)
+
+    def _answer_push(self, request: _Request, sub_id: str, status: int, headers: dict[str, str], detail: str) -> None:
         # One line per push; subscription ids are not key material.
         log.info("push %s -> %d (%s)", sub_id, status, detail)
         if status == 201:
-            self._send(status, b"", headers)
+            self._write(status, b"", headers, request.close)
         else:
-            self._send_json(status, _error(status, detail), headers)
+            self._send_json(request, status, _error(status, detail), headers)
 
-    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _send_json(self, request: _Request, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = b"" if payload is None else json.dumps(payload).encode("utf-8")
         content_type = {"Content-Type": "application/json"} if payload is not None else {}
-        self._send(status, data, {**content_type, **(headers or {})})
+        self._write(status, data, {**content_type, **(headers or {})}, request.close)
 
-    def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
+    def _write(self, status: int, data: bytes, headers: dict[str, str], close: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:  # a status set_behavior allows but http.HTTPStatus does not name
+            phrase = "Unknown"
+        lines = [f"HTTP/1.1 {status} {phrase}", f"Server: {_SERVER_HEADER}", f"Date: {_http_date()}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
         if status != 204:  # RFC 9110 §8.6: no Content-Length on 204
-            self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if data:
-            self.wfile.write(data)
+            lines.append(f"Content-Length: {len(data)}")
+        if close:
+            lines.append("Connection: close")
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
+        if close:
+            self._close()
 
 
 def main(argv: list[str] | None = None) -> None:
