@@ -156,11 +156,12 @@ class Settings:
         """Celery (soft, hard) time limits of a deliver task: a chunk's worst case plus margins.
 
         Pushes run concurrently, at most ``push_concurrency`` per origin, each bounded by the
-        push deadline; the soft limit leaves time to write outcomes, the hard one to give up.
+        push deadline; the soft limit leaves one more deadline to write outcomes, the hard
+        one another to give up.
         """
         waves = -(-self.delivery_chunk_size // self.push_concurrency)
-        soft = waves * self.push_deadline + 30.0
-        return soft, soft + 30.0
+        soft = (waves + 1) * self.push_deadline
+        return soft, soft + self.push_deadline
 
     def _validate_security_limits(self) -> None:
         """The egress allowlist, device cap, token-endpoint throttle and service-token claim (README "Security")."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Collection, Iterable, Sequence
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select, tuple_, update
+from sqlalchemy import and_, case, exists, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.db_upsert import dialect_insert
@@ -87,9 +87,9 @@ def fan_out(
 ) -> list[Chunk]:
     """Create the deliveries of a batch of notifications; return the pending ones in chunks.
 
-    Four statements for the whole batch: lock the notifications (in id order, so
-    concurrent fan-outs cannot deadlock), read the active devices of all their
-    users, insert every delivery, set every status. Safe to run twice (a
+    Three statements for the whole batch: lock the notifications (in id order,
+    so concurrent fan-outs cannot deadlock), insert a delivery for every active
+    device of their users (joined in the database), set every status. Safe to run twice (a
     redelivered task): a notification already fanned out is not fanned out
     again, and its still-pending deliveries are returned so their enqueue is
     retried.
@@ -108,49 +108,22 @@ def fan_out(
     done_before = [n.id for n in notifications if n.fanned_out_at is not None]
     live = [n for n in fresh if n.expires_at > now]
 
-    devices: dict[tuple[uuid.UUID, uuid.UUID], list[tuple[uuid.UUID, str]]] = defaultdict(list)
-    if live:
-        for device_id, app_id, user_id, platform in session.execute(
-            select(Device.id, Device.app_id, Device.user_id, Device.platform)
-            .where(
-                tuple_(Device.app_id, Device.user_id).in_(sorted({(n.app_id, n.user_id) for n in live})),
-                Device.disabled_at.is_(None),
-            )
-            .order_by(Device.created_at, Device.id)
-        ):
-            devices[(app_id, user_id)].append((device_id, platform))
-
-    rows: list[dict[str, Any]] = []
     pending: list[tuple[str, uuid.UUID, uuid.UUID]] = []
     status_of: dict[uuid.UUID, str] = {n.id: NotificationStatus.EXPIRED.value for n in fresh}
-    for n in live:
-        targets = [(d, p) for d, p in devices.get((n.app_id, n.user_id), ()) if n.platform in (None, p)]
-        if not targets:
+    if live:
+        app_of = {n.id: n.app_id for n in live}
+        for n in live:
             status_of[n.id] = NotificationStatus.NO_DEVICES.value
-            continue
-        supported = [p in supported_platforms for _, p in targets]
-        status_of[n.id] = NotificationStatus.SENDING.value if any(supported) else NotificationStatus.FAILED.value
-        for (device_id, platform), ok in zip(targets, supported):
-            delivery_id = uuid.uuid4()
-            rows.append({
-                "id": delivery_id,
-                "notification_id": n.id,
-                "device_id": device_id,
-                "platform": platform,
-                "status": DeliveryStatus.PENDING.value if ok else DeliveryStatus.UNSUPPORTED.value,
-                "last_error": None if ok else f"platform {platform} not supported",
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
-            })
-            if ok:
-                pending.append((platform, n.app_id, delivery_id))
-    if rows:
-        # One multi-row INSERT (SQLAlchemy's insertmanyvalues pages it per 1,000 rows).
-        session.execute(
-            dialect_insert(session, Delivery).on_conflict_do_nothing(index_elements=["notification_id", "device_id"]),
-            rows,
-        )
+        # Devices are joined and deliveries created inside the database: one statement,
+        # and no device row travels to Python.
+        for delivery_id, notification_id, platform, status in session.execute(
+            _insert_deliveries(session, [n.id for n in live], now, supported_platforms)
+        ):
+            if status == DeliveryStatus.PENDING.value:
+                status_of[notification_id] = NotificationStatus.SENDING.value
+                pending.append((platform, app_of[notification_id], delivery_id))
+            elif status_of[notification_id] == NotificationStatus.NO_DEVICES.value:
+                status_of[notification_id] = NotificationStatus.FAILED.value  # only unsupported platforms
     if fresh:
         by_status: dict[str, list[uuid.UUID]] = defaultdict(list)
         for notification_id, status in status_of.items():
@@ -174,6 +147,49 @@ def fan_out(
             ).all()
         )
     return chunked(pending, chunk_size)
+
+
+def _insert_deliveries(
+    session: Session, notification_ids: list[uuid.UUID], now: datetime, supported_platforms: Collection[str]
+) -> Any:
+    """INSERT ... SELECT one delivery per (notification, active device of its user), RETURNING them."""
+    supported = Device.platform.in_(sorted(supported_platforms))
+    if session.get_bind().dialect.name == "postgresql":
+        new_id: Any = func.gen_random_uuid()
+    else:  # SQLite keeps UUIDs as 32 hex characters
+        new_id = func.lower(func.hex(func.randomblob(16)))
+    rows = (
+        select(
+            new_id,
+            Notification.id,
+            Device.id,
+            Device.platform,
+            case((supported, DeliveryStatus.PENDING.value), else_=DeliveryStatus.UNSUPPORTED.value),
+            case((supported, None), else_="platform not supported"),
+            literal(0),
+            literal(now, Delivery.created_at.type),
+            literal(now, Delivery.updated_at.type),
+        )
+        .join(
+            Device,
+            and_(
+                Device.app_id == Notification.app_id,
+                Device.user_id == Notification.user_id,
+                Device.disabled_at.is_(None),
+                or_(Notification.platform.is_(None), Notification.platform == Device.platform),
+            ),
+        )
+        .where(Notification.id.in_(notification_ids))
+        .order_by(Notification.id, Device.created_at, Device.id)
+    )
+    columns = ["id", "notification_id", "device_id", "platform", "status", "last_error", "attempts", "created_at",
+               "updated_at"]
+    return (
+        dialect_insert(session, Delivery)
+        .from_select(columns, rows)
+        .on_conflict_do_nothing(index_elements=["notification_id", "device_id"])
+        .returning(Delivery.id, Delivery.notification_id, Delivery.platform, Delivery.status)
+    )
 
 
 @dataclass(frozen=True)
@@ -332,6 +348,36 @@ def outcome_values(
 
 _OUTCOME_COLUMNS = ("status", "vendor_message_id", "sent_at", "last_error", "next_attempt_at")
 
+# PostgreSQL: the whole chunk's outcomes as parallel arrays, one fixed statement
+# (no per-row SQL to build or compile, whatever the chunk's size or mix of outcomes).
+_WRITE_OUTCOMES_PG = text("""
+UPDATE deliveries AS d
+SET status = v.status, vendor_message_id = v.vendor_message_id, sent_at = v.sent_at,
+    last_error = v.last_error, next_attempt_at = v.next_attempt_at,
+    claimed_at = NULL, claim_token = NULL, updated_at = :now
+FROM unnest(CAST(:ids AS uuid[]), CAST(:status AS varchar[]), CAST(:vendor_message_id AS text[]),
+            CAST(:sent_at AS timestamptz[]), CAST(:last_error AS text[]), CAST(:next_attempt_at AS timestamptz[]))
+     AS v(id, status, vendor_message_id, sent_at, last_error, next_attempt_at)
+WHERE d.id = v.id AND d.claim_token = CAST(:token AS uuid) AND d.status = 'sending'
+""")
+
+
+def _write_outcomes_portable(
+    session: Session, claim_token: uuid.UUID, rows: Sequence[tuple[uuid.UUID, dict[str, Any]]], now: datetime
+) -> int:
+    """The same single UPDATE for other databases (SQLite, ``make run``): a CASE per column keyed by id."""
+    ids = [delivery_id for delivery_id, _ in rows]
+    values: dict[str, Any] = {"updated_at": now, "claimed_at": None, "claim_token": None}
+    for name in _OUTCOME_COLUMNS:
+        values[name] = _values_by_id(ids, [row.get(name) for _, row in rows], getattr(Delivery, name))
+    return session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.claim_token == claim_token,
+               Delivery.status == DeliveryStatus.SENDING.value)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
 
 def record_outcomes(
     session: Session,
@@ -350,23 +396,15 @@ def record_outcomes(
     """
     if not results:
         return 0
-    rows = [(claimed, outcome_values(claimed, outcome, now, policy)) for claimed, outcome in results]
-    ids = [claimed.delivery_id for claimed, _ in rows]
-    values: dict[str, Any] = {"updated_at": now, "claimed_at": None, "claim_token": None}
-    for name in _OUTCOME_COLUMNS:
-        column = getattr(Delivery, name)
-        written = [row.get(name) for _, row in rows]
-        values[name] = _values_by_id(ids, written, column)
-    written_count = session.execute(
-        update(Delivery)
-        .where(
-            Delivery.id.in_(ids),
-            Delivery.claim_token == claim_token,
-            Delivery.status == DeliveryStatus.SENDING.value,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    rows = [(claimed.delivery_id, outcome_values(claimed, outcome, now, policy)) for claimed, outcome in results]
+    if session.get_bind().dialect.name == "postgresql":
+        written_count = session.execute(
+            _WRITE_OUTCOMES_PG,
+            {"now": now, "token": str(claim_token), "ids": [str(delivery_id) for delivery_id, _ in rows],
+             **{name: [values.get(name) for _, values in rows] for name in _OUTCOME_COLUMNS}},
+        ).rowcount
+    else:
+        written_count = _write_outcomes_portable(session, claim_token, rows, now)
     dead = [(claimed, outcome) for claimed, outcome in results if outcome.kind is OutcomeKind.DEAD_TOKEN]
     if dead:
         disable_devices(session, [(c.device_id, c.token_hash, o.reason or "dead token") for c, o in dead], now)

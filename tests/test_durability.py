@@ -56,13 +56,15 @@ def test_without_redis_the_api_refuses_with_503_rather_than_guess_the_quota(sett
 def test_a_worker_sigkilled_mid_push_loses_nothing(settings, tenant, push_service, session_factory, engine, tmp_path):
     """Kill -9 the whole worker while it waits on the push service; a new worker finishes the delivery.
 
-    The claim's lease (2 s here) runs out, the scheduler's sweep makes the delivery
+    The claim's lease (4 s here) runs out, the scheduler's sweep makes the delivery
     due again, and the new worker pushes it: at least once, never lost.
     """
     crash_redis = os.environ.get("TEST_CRASH_REDIS_URL", "redis://127.0.0.1:6379/9")
     redis.Redis.from_url(crash_redis).flushdb()
     env = {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore", "REDIS_URL": crash_redis,
-           "PUSHQ_CLAIM_LEASE_SECONDS": "2"}
+           # A short lease, still longer than a chunk's hard time limit (2 x 1 s push deadline + 1 s).
+           "PUSHQ_CLAIM_LEASE_SECONDS": "4", "PUSHQ_PUSH_DEADLINE_SECONDS": "1", "PUSHQ_DELIVERY_CHUNK_SIZE": "1",
+           "PUSHQ_PUSH_CONCURRENCY": "1"}
     user = uuid.uuid4()
     tenant.enroll(user)
     subscription = push_service.new_subscription()

@@ -331,7 +331,7 @@ def test_rotate_keys_encrypts_data_stored_before_encryption_at_rest(session_fact
     with engine.begin() as connection:
         connection.execute(
             text("INSERT INTO apps (id, name, vapid_private_key, vapid_public_key, vapid_subject, apns_use_sandbox, "
-                 "created_at) VALUES (:id, 'legacy', :vapid, 'pub', 'mailto:a@example.com', false, now())"),
+                 "created_at, updated_at) VALUES (:id, 'legacy', :vapid, 'pub', 'mailto:a@example.com', false, now(), now())"),
             {"id": app_id, "vapid": vapid},
         )
         connection.execute(

@@ -12,13 +12,14 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert
 
 from shared import crypto
 from shared.db import session_scope
 from shared.delivery import RetryPolicy, claim_chunk, fan_out, record_outcomes
 from shared.models import Delivery, Device, utcnow
 from shared.outcomes import Outcome
+from shared.services.sends import SendRequest, create_notifications
 
 POLICY = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)
 
@@ -58,6 +59,13 @@ def accept_bulk(client, tenant, user_ids) -> None:
     assert response.status_code == 200, response.get_json()
 
 
+def accept_quietly(session_factory, tenant, user_ids) -> list[uuid.UUID]:
+    """Notifications accepted through the service layer without an enqueue: no worker may fan them out first."""
+    with session_scope(session_factory) as session:
+        return create_notifications(session, tenant.id, [SendRequest(user_id=u, title="t", body="b") for u in user_ids],
+                                    default_ttl=600, enqueue=lambda ids: None).notification_ids
+
+
 @pytest.fixture
 def api_engine(flask_app):
     return flask_app.extensions["pushq"].session_factory.kw["bind"]
@@ -84,23 +92,16 @@ def fan_out_statements(engine, session_factory, ids) -> list[str]:
 
 
 def test_fanning_out_costs_the_same_statements_for_50_and_500_notifications(
-    tenant, session_factory, engine, client
+    tenant, session_factory, engine
 ):
     users = add_users_with_devices(session_factory, tenant, 550, 2)
-    small, large = users[:50], users[50:]
-    ids = {}
-    for name, group in (("small", small), ("large", large)):
-        accept_bulk(client, tenant, group)
-    with session_scope(session_factory) as session:
-        from shared.models import Notification
-
-        for name, group in (("small", small), ("large", large)):
-            ids[name] = list(session.scalars(select(Notification.id).where(Notification.user_id.in_(group))))
-    small_count = fan_out_statements(engine, session_factory, ids["small"])
-    large_count = fan_out_statements(engine, session_factory, ids["large"])
+    small = accept_quietly(session_factory, tenant, users[:50])
+    large = accept_quietly(session_factory, tenant, users[50:])
+    small_count = fan_out_statements(engine, session_factory, small)
+    large_count = fan_out_statements(engine, session_factory, large)
     assert small_count == large_count
-    # lock the notifications, read all their users' devices, insert all deliveries, set all statuses
-    assert small_count == ["SELECT", "SELECT", "INSERT", "UPDATE"]
+    # lock the notifications; insert every delivery, joined to the users' devices in the database; set all statuses
+    assert small_count == ["SELECT", "INSERT", "UPDATE"]
     with session_scope(session_factory) as session:
         assert session.query(Delivery).count() == 2 * 550
 
@@ -120,14 +121,11 @@ def deliver_chunk_statements(engine, session_factory, delivery_ids) -> list[str]
 
 
 def test_delivering_a_chunk_costs_the_same_statements_for_10_and_100_deliveries(
-    tenant, session_factory, engine, client
+    tenant, session_factory, engine
 ):
     users = add_users_with_devices(session_factory, tenant, 110, 1)
-    accept_bulk(client, tenant, users)
+    ids = accept_quietly(session_factory, tenant, users)
     with session_scope(session_factory) as session:
-        from shared.models import Notification
-
-        ids = list(session.scalars(select(Notification.id)))
         chunks = fan_out(session, ids, utcnow(), {"ios"}, 100)
     assert sorted(len(c.delivery_ids) for c in chunks) == [10, 100]
     by_size = {len(c.delivery_ids): c.delivery_ids for c in chunks}
