@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Collection, Iterable, Sequence
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select, text, tuple_, update
+from sqlalchemy import and_, bindparam, case, exists, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.db_upsert import dialect_insert
@@ -248,7 +248,8 @@ def claim_chunk(
     statement = (
         update(Delivery)
         .where(
-            Delivery.id.in_(list(delivery_ids)),
+            # One typed array parameter, not one coerced bind per id.
+            Delivery.id.in_(bindparam("ids", list(delivery_ids), expanding=True, type_=Delivery.id.type)),
             or_(
                 Delivery.status == DeliveryStatus.PENDING.value,
                 and_(
@@ -405,7 +406,7 @@ def record_outcomes(
         ).rowcount
     else:
         written_count = _write_outcomes_portable(session, claim_token, rows, now)
-    dead = [(claimed, outcome) for claimed, outcome in results if outcome.kind is OutcomeKind.DEAD_TOKEN]
+    dead = [(claimed, outcome) for claimed, outcome in results if outcome.disable_device]
     if dead:
         disable_devices(session, [(c.device_id, c.token_hash, o.reason or "dead token") for c, o in dead], now)
     truncated = {claimed.notification_id for claimed, outcome in results if outcome.truncated}

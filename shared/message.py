@@ -41,12 +41,12 @@ class Message:
     @classmethod
     def columns(cls) -> tuple[str, ...]:
         """The notification columns that make a message (same names as the fields)."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return _COLUMNS
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Message":
         """The message held by a row (any mapping with the columns by name)."""
-        return cls(**{name: row[name] for name in cls.columns()})
+        return cls(**{name: row[name] for name in _COLUMNS})
 
     @classmethod
     def accepted(cls, now: datetime, ttl: int, **content: Any) -> "Message":
@@ -66,3 +66,6 @@ class Message:
         if self.url:
             document["url"] = self.url
         return document
+
+
+_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Message))

@@ -24,6 +24,8 @@ class Outcome:
     reason: str | None = None
     retry_after: float | None = None  # seconds; a floor for the next attempt
     truncated: bool = False  # the body was shortened to fit the vendor's size limit
+    # Stop using the device (a dead token always does; a refused push endpoint does too).
+    disable_device: bool = False
 
     @classmethod
     def sent(cls, vendor_message_id: str | None, truncated: bool = False) -> "Outcome":
@@ -35,8 +37,8 @@ class Outcome:
 
     @classmethod
     def dead_token(cls, reason: str) -> "Outcome":
-        return cls(OutcomeKind.DEAD_TOKEN, reason=reason)
+        return cls(OutcomeKind.DEAD_TOKEN, reason=reason, disable_device=True)
 
     @classmethod
-    def rejected(cls, reason: str) -> "Outcome":
-        return cls(OutcomeKind.REJECTED, reason=reason)
+    def rejected(cls, reason: str, *, disable_device: bool = False) -> "Outcome":
+        return cls(OutcomeKind.REJECTED, reason=reason, disable_device=disable_device)

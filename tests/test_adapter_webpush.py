@@ -136,7 +136,7 @@ def delivery(url: str, ttl: int = 3600, now: datetime | None = None):
 
 @pytest.fixture
 def adapter() -> Iterator[WebPushAdapter]:
-    adapter = WebPushAdapter(connect_timeout=1.0, deadline=2.0, concurrency=8)
+    adapter = WebPushAdapter(connect_timeout=1.0, deadline=2.0, concurrency=8, allow_http_loopback=True)
     yield adapter
     adapter.close()
 
@@ -183,7 +183,7 @@ def test_a_broken_subscription_is_its_own_outcome(service, app, adapter):
 def test_the_remaining_ttl_is_computed_at_each_push(service, app):
     start = datetime.now(timezone.utc)
     ticks = iter(range(0, 1000, 100))
-    adapter = WebPushAdapter(connect_timeout=1.0, deadline=2.0, concurrency=1,
+    adapter = WebPushAdapter(connect_timeout=1.0, deadline=2.0, concurrency=1, allow_http_loopback=True,
                              clock=lambda: start + timedelta(seconds=next(ticks)))
     try:
         marker = uuid.uuid4().hex
@@ -193,3 +193,45 @@ def test_the_remaining_ttl_is_computed_at_each_push(service, app):
     assert {o.kind for o in outcomes} == {OutcomeKind.SENT}
     ttls = sorted(int(headers["TTL"]) for path, headers in service.requests if marker in path)
     assert ttls == [3400, 3500, 3600]
+
+
+def requests_to(service: HostileService, marker: str) -> int:
+    return sum(1 for path, _ in service.requests if marker in path)
+
+
+def test_a_stored_endpoint_the_egress_rules_refuse_is_never_contacted(service, app):
+    """A device stored before the rules (or under a host since removed) ends rejected and disabled."""
+    strict = WebPushAdapter(connect_timeout=1.0, deadline=2.0)  # production: no http, no loopback
+    marker = uuid.uuid4().hex
+    try:
+        (outcome,) = strict.send_many(app, [delivery(f"{service.url}/ok/{marker}")])
+    finally:
+        strict.close()
+    assert outcome.kind is OutcomeKind.REJECTED and outcome.disable_device
+    assert outcome.reason == "endpoint refused by the egress rules: endpoint must be an https URL"
+    assert requests_to(service, marker) == 0
+
+
+@pytest.fixture
+def loopback_https_listener() -> Iterator[socket.socket]:
+    """Something listening where https://localhost/ would connect, to see whether anything does."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 443))  # the suite runs as root, as CI does
+    listener.listen(8)
+    listener.settimeout(0.3)
+    yield listener
+    listener.close()
+
+
+def test_an_allowed_host_resolving_to_loopback_is_refused_at_connect_time(app, loopback_https_listener):
+    """DNS rebinding: the name passes the allowlist, the address it resolves to does not."""
+    adapter = WebPushAdapter(connect_timeout=1.0, deadline=2.0, extra_hosts=("localhost",))
+    try:
+        (outcome,) = adapter.send_many(app, [delivery("https://localhost/push/abc")])
+    finally:
+        adapter.close()
+    assert outcome.kind is OutcomeKind.REJECTED and outcome.disable_device
+    assert outcome.reason == "push service host resolves to no public address"
+    with pytest.raises((TimeoutError, socket.timeout)):
+        loopback_https_listener.accept()

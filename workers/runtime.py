@@ -78,7 +78,8 @@ class WorkerRuntime:
     def adapters(self) -> dict[str, Adapter]:
         s = self.settings
         return {
-            "web": WebPushAdapter(s.vendor_connect_timeout, s.push_deadline, concurrency=s.push_concurrency),
+            "web": WebPushAdapter(s.vendor_connect_timeout, s.push_deadline, concurrency=s.push_concurrency,
+                                  allow_http_loopback=s.allow_http_endpoints, extra_hosts=s.webpush_extra_hosts),
             "ios": ApnsAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, host=s.apns_host, port=s.apns_port,
                                ca_file=s.apns_ca_file),
             "android": FcmAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, base_url=s.fcm_base_url,

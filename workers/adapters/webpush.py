@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import math
 import os
+import socket
 import ssl
 from datetime import datetime
 from typing import Callable, Mapping, Sequence
@@ -22,10 +24,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import http_ece
+from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 
 from shared.delivery import ClaimedDelivery
+from shared.egress import EndpointRefused, check_push_endpoint, is_public_address
 from shared.message import Message, compact_json
 from shared.models import utcnow
 from shared.outcomes import Outcome
@@ -80,6 +84,42 @@ class VapidHeaders:
         return header
 
 
+class NonPublicAddress(OSError):
+    """A push service's host name resolved to no address pushq may connect to."""
+
+
+class PublicAddressResolver(AbstractResolver):
+    """Resolve with aiohttp's default resolver and keep only public addresses.
+
+    The connection then goes to an address that was checked (TLS still verifies
+    the host name), so a DNS answer pointing an allowed push-service name at
+    loopback, a private network or the metadata service (DNS rebinding) cannot
+    reach inside. ``allow_loopback`` is for development only
+    (``PUSHQ_ALLOW_HTTP_ENDPOINTS``, the local stand-in push service).
+    """
+
+    def __init__(self, allow_loopback: bool = False) -> None:
+        self._inner = aiohttp.DefaultResolver()
+        self.allow_loopback = allow_loopback
+
+    def _allowed(self, address: str) -> bool:
+        if is_public_address(address):
+            return True
+        return self.allow_loopback and ipaddress.ip_address(address).is_loopback
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [result for result in results if self._allowed(result["host"])]
+        if not allowed:
+            raise NonPublicAddress(f"{host} resolves to no public address")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class Subscription:
     """A browser's push subscription as stored in the device token: endpoint and its keys."""
 
@@ -127,8 +167,14 @@ class WebPushAdapter:
         deadline: float = 15.0,
         *,
         concurrency: int = 32,
+        allow_http_loopback: bool = False,
+        extra_hosts: Sequence[str] = (),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        # The egress rules are checked again here, at each push, whatever registration let in:
+        # a device stored before a rule, or under a host since removed, is never contacted.
+        self.allow_http_loopback = allow_http_loopback
+        self.extra_hosts = tuple(extra_hosts)
         self.connect_timeout = connect_timeout
         self.deadline = deadline
         self.concurrency = concurrency
@@ -162,6 +208,7 @@ class WebPushAdapter:
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=self.concurrency, ssl=ssl.create_default_context(), ttl_dns_cache=60,
+            resolver=PublicAddressResolver(allow_loopback=self.allow_http_loopback),
         )
         return aiohttp.ClientSession(
             connector=connector, trust_env=False, auto_decompress=False,
@@ -184,6 +231,14 @@ class WebPushAdapter:
             return Outcome.rejected(f"payload too large for Web Push: {exc}")
         try:
             subscription = Subscription(delivery.token)
+        except (ValueError, KeyError, TypeError) as exc:
+            return Outcome.rejected(f"cannot encrypt for this subscription: {type(exc).__name__}")
+        try:
+            check_push_endpoint(subscription.endpoint, allow_http_loopback=self.allow_http_loopback,
+                                extra_hosts=self.extra_hosts)
+        except EndpointRefused as exc:
+            return Outcome.rejected(f"endpoint refused by the egress rules: {exc.reason}", disable_device=True)
+        try:
             body = subscription.encrypt(payload)
         except (ValueError, KeyError, TypeError) as exc:
             return Outcome.rejected(f"cannot encrypt for this subscription: {type(exc).__name__}")
@@ -213,6 +268,10 @@ class WebPushAdapter:
                     return classify(response.status, response.headers, truncated)
         except TimeoutError:
             return Outcome.retry("push service timed out")
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, NonPublicAddress):
+                return Outcome.rejected("push service host resolves to no public address", disable_device=True)
+            return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
         except aiohttp.ClientError as exc:
             return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
 
