@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 import redis
 from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -304,6 +304,15 @@ def register_error_handlers(app) -> None:
         response = error_response(503, "unavailable", "Service temporarily unavailable, try again")
         response.headers["Retry-After"] = "5"
         return response
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(exc: DBAPIError):
+        # A bug rather than an outage (OperationalError has its own handler). Logged with the statement
+        # only: parameters are hidden (hide_parameters) and the server's message is left out, since
+        # PostgreSQL's DETAIL ("Failing row contains (...)") repeats the values.
+        log.error("database error %s (SQLSTATE %s) in: %s", type(exc.orig).__name__,
+                  getattr(exc.orig, "pgcode", None), exc.statement)
+        return error_response(500, "internal_error", "Internal server error")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
