@@ -33,8 +33,9 @@ demo: $(STAMP)  ## With `make run` running: send one notification end to end and
 migrate: $(STAMP)  ## Apply migrations to DATABASE_URL
 	$(BIN)/pushq migrate
 
-bench: $(STAMP)  ## Run the benchmarks in bench/
-	$(BIN)/python -m bench
+BENCH ?= pipeline
+bench: $(STAMP)  ## Benchmarks: the pipeline end to end (ARGS=--quick: < 2 min); BENCH=standins or BENCH=webpush-cpu for the others
+	$(BIN)/python -m bench $(BENCH) $(ARGS)
 
 clean:  ## Remove the virtualenv and local state
 	rm -rf $(VENV) var pushq.sqlite3* *.egg-info

@@ -240,8 +240,10 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    # Other work on the machine (a test suite, another benchmark) skews every figure: record it.
     return {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 # -- process accounting -----------------------------------------------------------
@@ -862,7 +864,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"## pushq pipeline benchmark ({result['mode']}, {result['when']})")
     print()
     print(f"Machine: {machine['cores']} cores ({machine['cpu'] or 'unknown CPU'}), {machine['memory_gib']} GiB, "
-          f"Python {machine['python']}. Everything (API, worker, PostgreSQL, Redis, stand-ins, this client) shares these cores.")
+          f"Python {machine['python']}, load average {machine.get('load_average_at_start')} at start. "
+          "Everything (API, worker, PostgreSQL, Redis, stand-ins, this client) shares these cores.")
     print()
     print("| figure | median | target | ratio | met |")
     print("|---|---:|---|---:|:---:|")
