@@ -24,6 +24,7 @@ class PushqState:
     """Everything the views need, built once per application."""
 
     settings: Settings
+    redis: redis.Redis  # quotas, rate limits, outcome announcements
     verifier: TokenVerifier
     session_factory: sessionmaker[Session]
     dispatcher: Dispatcher
@@ -41,7 +42,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     celery = make_celery(settings)
     guards_redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    session_factory = make_session_factory(make_engine(settings.database_url))
+    # One connection per serving thread (PUSHQ_DB_POOL_SIZE, at least the gunicorn --threads).
+    session_factory = make_session_factory(make_engine(settings.database_url, pool_size=settings.db_pool_size))
 
     def load_revoked_clients() -> frozenset[str]:
         with session_scope(session_factory) as session:
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         verifier=TokenVerifier(settings, revoked_clients=RevokedClients(load_revoked_clients)),
         session_factory=session_factory,
         dispatcher=Dispatcher(celery),
+        redis=guards_redis,
         quota=QuotaPolicy(DailyQuota(guards_redis), settings.default_daily_quota),
         registration_limiter=RegistrationLimiter(
             guards_redis, settings.registration_limit, settings.registration_window_seconds

@@ -179,11 +179,24 @@ def _idempotent_call(view: Callable, principal: Principal, payload: Any, key: st
         response.status_code = stored.status_code
         response.headers["Idempotent-Replayed"] = "true"
         return response
+    g.idempotency_key = (principal.app_id, key)
     result = view(principal, payload, **path_args)
     body, status = result[0], result[1]
     if 200 <= status < 300:
-        idempotency.finish(session, principal.app_id, key, status, body)
+        remember_response(status, body)
     return result
+
+
+def remember_response(status: int, body: dict[str, Any]) -> None:
+    """Store the answer to replay for this request's Idempotency-Key, if it has one.
+
+    Committed with the request's work. A view that commits before it is done
+    (to wait for the workers) stores a provisional answer first, so a failure
+    later never leaves the key "in progress".
+    """
+    pending_key = g.get("idempotency_key")
+    if pending_key is not None:
+        idempotency.finish(db_session(), pending_key[0], pending_key[1], status, body)
 
 
 def authorize(auth: Auth) -> Principal | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from api.auth import Principal
-from api.http import commit_request_session, db_session, endpoint, parse_id
+from api.http import commit_request_session, db_session, endpoint, parse_id, remember_response
 from api.schemas import (
     BulkMappingRequest,
     BulkMappingResponse,
@@ -40,8 +40,19 @@ def patient_send(principal: Principal, body: dict, **_):
         db_session(), principal.app_id, body["patient_id"], title=body["title"], body=body["body"], url=body["url"],
         default_ttl=state.settings.default_ttl_seconds, enqueue=state.dispatcher.enqueue_fanout, quota=state.quota,
     )
+    pending = [patient_push.SubscriptionResult(i, patient_push.PENDING, "") for i in started.subscription_ids]
+    # Stored with the notification id before anything can fail: a replay never finds the key "in progress".
+    remember_response(200, _send_response(started, pending))
     commit_request_session()
-    results = patient_push.wait_for_first_attempts(state.session_factory, started, state.settings.fanout_wait_seconds)
+    results = patient_push.wait_for_first_attempts(
+        state.session_factory, state.redis, started, state.settings.fanout_wait_seconds,
+        max_waits_per_app=state.settings.max_waits_per_app,
+    )
+    headers = started.quota.headers(utcnow()) if started.quota else {}
+    return _send_response(started, results), 200, headers
+
+
+def _send_response(started: patient_push.StartedSend, results: list[patient_push.SubscriptionResult]) -> dict:
     response = {
         "patient_id": str(started.patient_id),
         "person_id": str(started.person_id),
@@ -53,8 +64,7 @@ def patient_send(principal: Principal, body: dict, **_):
         ],
         "notification_id": str(started.notification_id),
     }
-    headers = started.quota.headers(utcnow()) if started.quota else {}
-    return PatientSendResponse().dump(response), 200, headers
+    return PatientSendResponse().dump(response)
 
 
 @endpoint(

@@ -142,7 +142,9 @@ def run(host: str, port: int, concurrency: int) -> None:
     DEV_DIR.mkdir(exist_ok=True)
     bin_dir = Path(sys.executable).parent
     processes = {
-        "api": [str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}", "--workers", "2", "--access-logfile", "-", "api.wsgi:app"],
+        # Threaded workers: a request waiting on the push services (POST /v1/push/send) holds a thread, not a process.
+        "api": [str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}", "--workers", "2", "--worker-class", "gthread",
+                "--threads", "8", "--access-logfile", "-", "api.wsgi:app"],
         "worker": [str(bin_dir / "celery"), "-A", "workers.main", "worker", "--loglevel", "INFO",
                    "--concurrency", str(concurrency), "-Q", "fanout,webpush,apns,fcm,maintenance"],
         "scheduler": [str(bin_dir / "celery"), "-A", "workers.main", "beat", "--loglevel", "INFO",

@@ -83,6 +83,10 @@ class Settings:
     retry_max_seconds: float = field(default=600.0, metadata={"env": "PUSHQ_RETRY_MAX_SECONDS"})
     # How long POST /v1/push/send waits for first delivery attempts before answering "pending".
     fanout_wait_seconds: float = field(default=10.0, metadata={"env": "PUSHQ_FANOUT_WAIT_SECONDS"})
+    # Concurrent POST /v1/push/send waits per app (all API processes); beyond it the call answers at once.
+    max_waits_per_app: int = field(default=4, metadata={"env": "PUSHQ_MAX_WAITS_PER_APP"})
+    # Database connections per API process: at least the serving threads (gunicorn --threads).
+    db_pool_size: int = field(default=10, metadata={"env": "PUSHQ_DB_POOL_SIZE"})
     # Guards (see README "Quotas, limits and idempotency").
     default_daily_quota: int = field(default=100_000, metadata={"env": "PUSHQ_DEFAULT_DAILY_QUOTA"})
     registration_limit: int = field(default=10, metadata={"env": "PUSHQ_REGISTRATION_LIMIT"})

@@ -205,6 +205,7 @@ class ClaimedDelivery:
     notification_id: uuid.UUID
     app_id: uuid.UUID
     message: Message
+    notify_outcomes: bool = False  # a caller waits for this notification's first outcomes
 
 
 @dataclass(frozen=True)
@@ -286,14 +287,14 @@ def claim_chunk(
     if session.get_bind().dialect.name == "postgresql":
         rows = session.execute(
             statement.returning(*base, Device.token, Device.token_hash, Notification.app_id,
-                                App.updated_at.label("app_version"), *_MESSAGE_COLUMNS)
+                                Notification.notify_outcomes, App.updated_at.label("app_version"), *_MESSAGE_COLUMNS)
             .where(App.id == Notification.app_id)
         ).mappings().all()
     else:
         claimed = session.execute(statement.returning(Delivery.id)).scalars().all()
         rows = session.execute(
             select(*base, Device.token, Device.token_hash, Notification.app_id,
-                   App.updated_at.label("app_version"), *_MESSAGE_COLUMNS)
+                   Notification.notify_outcomes, App.updated_at.label("app_version"), *_MESSAGE_COLUMNS)
             .join(Notification, Notification.id == Delivery.notification_id)
             .join(Device, Device.id == Delivery.device_id)
             .join(App, App.id == Notification.app_id)
@@ -309,7 +310,7 @@ def claim_chunk(
             ClaimedDelivery(
                 delivery_id=row["id"], device_id=row["device_id"], token=row["token"], token_hash=row["token_hash"],
                 platform=row["platform"], attempts=row["attempts"], notification_id=row["notification_id"],
-                app_id=row["app_id"], message=Message.from_row(row),
+                app_id=row["app_id"], message=Message.from_row(row), notify_outcomes=row["notify_outcomes"],
             )
         )
     if closed_notifications:

@@ -232,6 +232,8 @@ class Notification(Base):
     platform: Mapped[str | None] = mapped_column(String(16))
     # Set when a vendor's size limit forced the body to be shortened.
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A caller waits for the first outcomes (POST /v1/push/send): workers announce them on Redis.
+    notify_outcomes: Mapped[bool] = mapped_column(Boolean, default=False)
     expires_at: Mapped[datetime] = mapped_column()
     status: Mapped[str] = mapped_column(String(24), default=NotificationStatus.QUEUED.value)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

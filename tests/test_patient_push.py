@@ -198,3 +198,27 @@ def test_openapi_documents_the_scope_and_the_pending_extension(client):
     result_schema = document["components"]["schemas"]["SubscriptionResult"]
     assert result_schema["properties"]["status"]["enum"] == ["sent", "rejected", "pending"]
     assert "notification_id" in document["components"]["schemas"]["PatientSendResponse"]["properties"]
+
+
+def test_an_idempotency_key_is_answered_even_when_the_wait_fails(api, tenant, push_service, monkeypatch):
+    """The answer (with the notification id) is stored when the send commits, before the wait:
+    a failure during the wait never leaves the key "in progress" (409) for the retry."""
+    from shared.services import patient_push as service
+
+    patient, person = uuid.uuid4(), uuid.uuid4()
+    tenant.enroll(person)
+    map_patient(api, tenant, patient, person)
+    register_web(api, tenant, person, push_service.new_subscription())
+
+    def broken_wait(*args, **kwargs):
+        raise RuntimeError("the wait broke")
+
+    monkeypatch.setattr(service, "wait_for_first_attempts", broken_wait)
+    headers = {**tenant.service_headers(), "Idempotency-Key": f"k-{uuid.uuid4()}"}
+    body = {"patientId": str(patient), "title": "t", "body": "b"}
+    assert api.post("/v1/push/send", json=body, headers=headers).status_code == 500
+    replay = api.post("/v1/push/send", json=body, headers=headers)
+    assert replay.status_code == 200
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    answer = replay.json()
+    assert answer["results"][0]["status"] == "pending" and uuid.UUID(answer["notification_id"])

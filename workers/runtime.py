@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime
 from functools import cached_property
 
+import redis
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -69,6 +70,11 @@ class WorkerRuntime:
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
         return make_session_factory(make_engine(self.settings.database_url))
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """Quotas, locks and outcome announcements (not the broker, which may be another server)."""
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
 
     @cached_property
     def credentials(self) -> CredentialCache:

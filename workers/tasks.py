@@ -10,6 +10,7 @@ import logging
 import uuid
 
 from celery import shared_task
+from redis.exceptions import RedisError
 
 from shared.db import after_commit, run_in_transaction, session_scope
 from shared.delivery import (
@@ -20,6 +21,7 @@ from shared.delivery import (
     stale_queued_notifications,
 )
 from shared.models import utcnow
+from shared.outcome_bus import publish_outcomes
 from shared.outcomes import Outcome
 from shared.services import idempotency
 from workers.celery_app import DELIVER_TASK, FANOUT_TASK, SWEEP_TASK
@@ -71,6 +73,12 @@ def deliver(self, platform: str, delivery_ids: list[str]) -> None:
     written = run_in_transaction(
         rt.session_factory, lambda session: record_outcomes(session, claim.token, results, utcnow(), rt.retry_policy)
     )
+    awaited = {d.notification_id for d in claim.deliveries if d.notify_outcomes}
+    if awaited:
+        try:
+            publish_outcomes(rt.redis, awaited)
+        except RedisError as exc:  # the outcomes are stored; a waiter still reads them at its deadline
+            log.warning("could not announce outcomes of %d notifications: %s", len(awaited), type(exc).__name__)
     log.info("delivered %d %s deliveries (%d written, %d closed at claim)", len(results), platform, written, claim.closed)
 
 

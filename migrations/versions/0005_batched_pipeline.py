@@ -1,4 +1,5 @@
-"""batched pipeline: a claim token per delivery chunk, apps.updated_at for credential caches
+"""batched pipeline: a claim token per delivery chunk, apps.updated_at for credential caches,
+a flag on notifications whose first outcomes a caller waits for
 
 Revision ID: 0005
 Revises: 0004
@@ -26,9 +27,16 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("apps") as batch:
         batch.alter_column("updated_at", server_default=None)
+    with op.batch_alter_table("notifications") as batch:
+        # Workers announce these notifications' outcomes (Redis pub/sub) to the API call waiting for them.
+        batch.add_column(sa.Column("notify_outcomes", sa.Boolean(), nullable=False, server_default=sa.false()))
+    with op.batch_alter_table("notifications") as batch:
+        batch.alter_column("notify_outcomes", server_default=None)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("notifications") as batch:
+        batch.drop_column("notify_outcomes")
     with op.batch_alter_table("apps") as batch:
         batch.drop_column("updated_at")
     with op.batch_alter_table("deliveries") as batch:

@@ -7,15 +7,16 @@ and reads back what the push services answered to the first attempt.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+
+import redis
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.guards import QuotaDecision, QuotaPolicy
+from shared.outcome_bus import wait_for_outcomes, wait_slot
 from shared.models import Delivery, DeliveryStatus, Device, Platform
 from shared.services.patients import resolve_person
 from shared.services.sends import Enqueue, SendRequest, create_notifications
@@ -26,6 +27,7 @@ _PENDING_STATUSES = {DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value,
 
 @dataclass(frozen=True)
 class StartedSend:
+    app_id: uuid.UUID
     notification_id: uuid.UUID
     patient_id: uuid.UUID
     person_id: uuid.UUID
@@ -74,9 +76,10 @@ def start_patient_send(
         enqueue=enqueue,
         require_enrollment=False,  # the identity mapping is what authorizes this send
         quota=quota,
+        notify_outcomes=True,  # this call waits for the first outcomes
     )
     (notification_id,) = accepted.notification_ids
-    return StartedSend(notification_id, patient_id, person_id, subscription_ids, accepted.quota)
+    return StartedSend(app_id, notification_id, patient_id, person_id, subscription_ids, accepted.quota)
 
 
 def first_attempt_results(session: Session, started: StartedSend) -> list[SubscriptionResult]:
@@ -103,17 +106,28 @@ def first_attempt_results(session: Session, started: StartedSend) -> list[Subscr
 
 def wait_for_first_attempts(
     session_factory: sessionmaker[Session],
+    bus: redis.Redis,
     started: StartedSend,
     deadline_seconds: float,
     *,
-    poll_seconds: float = 0.05,
-    clock: Callable[[], float] = time.monotonic,
+    max_waits_per_app: int,
 ) -> list[SubscriptionResult]:
-    """Poll until every subscription has a first answer or the deadline passes."""
-    deadline = clock() + deadline_seconds
-    while True:
+    """Each subscription's first answer, waiting for the workers' announcements up to the deadline.
+
+    Beyond ``max_waits_per_app`` concurrent waits of the app the answer comes at
+    once, with whatever is known (``pending`` for the rest).
+    """
+    results: list[SubscriptionResult] = []
+
+    def answered() -> bool:
+        nonlocal results
         with session_factory() as session:
             results = first_attempt_results(session, started)
-        if all(result.status != PENDING for result in results) or clock() >= deadline:
-            return results
-        time.sleep(poll_seconds)
+        return all(result.status != PENDING for result in results)
+
+    with wait_slot(bus, started.app_id, max_waits_per_app) as may_wait:
+        if may_wait:
+            wait_for_outcomes(bus, started.notification_id, answered, deadline_seconds)
+        else:
+            answered()
+    return results

@@ -92,6 +92,7 @@ def create_notifications(
     enqueue: Enqueue,
     require_enrollment: bool = True,
     quota: QuotaPolicy | None = None,
+    notify_outcomes: bool = False,
 ) -> Accepted:
     """Create one notification per request and enqueue their fan-out once committed.
 
@@ -118,6 +119,7 @@ def create_notifications(
             "app_id": app_id,
             "user_id": request.user_id,
             "status": NotificationStatus.QUEUED.value,
+            "notify_outcomes": notify_outcomes,
             "created_at": now,
             "updated_at": now,
             **request.message(now, default_ttl).as_row(),
