@@ -197,7 +197,7 @@ def check_disposable(database_url: str, redis_url: str) -> None:
 
 
 def prepare_database(database_url: str) -> None:
-    """Create the database if missing, ``alembic upgrade head``, then empty every table."""
+    """Create the database if missing, drop and recreate its schema, then ``alembic upgrade head``."""
     import psycopg2
     from psycopg2 import sql
 
@@ -216,19 +216,22 @@ def prepare_database(database_url: str) -> None:
                 cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
     finally:
         admin.close()
-    migrate(database_url)
     from shared.db import make_engine
 
+    # A fresh schema every run (like the test suite's): a disposable database, and a migration
+    # edited during development is applied as it now reads rather than skipped as already applied.
     engine = make_engine(database_url)
     try:
         with engine.begin() as connection:
-            tables = connection.execute(text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-            )).scalars().all()
-            if tables:
-                connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
     finally:
         engine.dispose()
+    try:
+        migrate(database_url)
+    except Exception as exc:  # noqa: BLE001 - any migration failure: say so, without a traceback wall
+        raise BenchError(f"alembic upgrade head failed on {url.database}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:500]}") from exc
 
 
 def machine_info() -> dict[str, Any]:
@@ -750,7 +753,7 @@ def _run(scale: Scale, procs: Processes, work_dir: Path, database_url: str, redi
     from shared.config import Settings
     from shared.db import make_engine, make_session_factory
 
-    ctx_print("preparing the database (create, migrate, empty) and flushing the Redis db")
+    ctx_print("preparing the database (create if missing, fresh schema, alembic upgrade head) and flushing the Redis db")
     prepare_database(database_url)
     client = redis.Redis.from_url(redis_url, socket_timeout=10)
     try:
