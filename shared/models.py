@@ -83,6 +83,8 @@ class NotificationStatus(str, enum.Enum):
     FAILED = "failed"  # no delivery sent
     EXPIRED = "expired"  # ttl ran out before anything was sent
     NO_DEVICES = "no_devices"  # the user had no active device
+    SCHEDULED = "scheduled"  # accepted with a send_at in the future; fanned out when due
+    CANCELLED = "cancelled"  # a scheduled send cancelled before its time
 
 
 class DeliveryStatus(str, enum.Enum):
@@ -212,6 +214,7 @@ class Notification(Base):
     __table_args__ = (
         Index("ix_notifications_status_created_at", "status", "created_at"),
         Index("ix_notifications_app_id_created_at", "app_id", "created_at"),
+        Index("ix_notifications_status_send_at", "status", "send_at"),
         CheckConstraint(f"status IN ({_values(NotificationStatus)})", name="status"),
         CheckConstraint("priority IN ('high', 'normal')", name="priority"),
     )
@@ -234,6 +237,10 @@ class Notification(Base):
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     # A caller waits for the first outcomes (POST /v1/push/send): workers announce them on Redis.
     notify_outcomes: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The X-Request-Id of the request that created it: carried into task headers and log lines.
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    # Fan out no earlier than this (None: at once); the scheduler releases it when due.
+    send_at: Mapped[datetime | None] = mapped_column()
     expires_at: Mapped[datetime] = mapped_column()
     status: Mapped[str] = mapped_column(String(24), default=NotificationStatus.QUEUED.value)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
