@@ -444,11 +444,11 @@ def wait_notifications_settled(ctx: Context, app_id: uuid.UUID, since: datetime,
 
 
 def start_service(ctx: Context) -> None:
-    """gunicorn (2 workers), one Celery worker (concurrency 2, every queue) and beat."""
+    """gunicorn (2 workers, threaded as in the Procfile), one Celery worker (concurrency 2, every queue) and beat."""
     port = free_port()
     ctx.api_url = f"http://127.0.0.1:{port}"
-    api = ctx.procs.start("api", [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-                                  "--timeout", "60", "api.wsgi:app"])
+    api = ctx.procs.start("api", [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread",
+                                  "--threads", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "60", "api.wsgi:app"])
 
     def healthy() -> bool:
         api.check_alive()

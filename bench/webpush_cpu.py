@@ -21,6 +21,7 @@ import requests
 from pywebpush import webpush
 
 from shared.delivery import ClaimedDelivery
+from shared.message import Message
 from shared.models import utcnow
 from shared.vapid import generate_vapid_key_pair
 from workers.adapters.base import AppCredentials
@@ -70,16 +71,20 @@ def run(deliveries: int) -> None:
         app = AppCredentials(app_id=uuid.uuid4(), vapid_private_key=keys.private_pem,
                              vapid_public_key=keys.public_key, vapid_subject="mailto:bench@example.com")
         now = utcnow()
+        message = Message(title=payload["title"], body=payload["body"], data=payload["data"],
+                           expires_at=now + timedelta(hours=1), ttl=3600)
         claimed = [
-            ClaimedDelivery(uuid.uuid4(), uuid.uuid4(), "", json.dumps({"endpoint": s["endpoint"], "keys": s["keys"]}),
-                            "web", 1, uuid.uuid4(), app.app_id, payload["title"], payload["body"], payload["data"],
-                            now + timedelta(hours=1))
+            ClaimedDelivery(delivery_id=uuid.uuid4(), device_id=uuid.uuid4(), token_hash="",
+                            token=json.dumps({"endpoint": s["endpoint"], "keys": s["keys"]}), platform="web",
+                            attempts=1, notification_id=uuid.uuid4(), app_id=app.app_id, message=message)
             for s in subscriptions
         ]
-        adapter = WebPushAdapter()
-        adapter.send_many(app, claimed[:10], now)  # warm the connection pool and the VAPID cache
+        adapter = WebPushAdapter(allow_http_loopback=True)  # the local push service is http on loopback
+        adapter.send_many(app, claimed[:10])  # warm the connection pool and the VAPID cache
         start = time.process_time()
-        outcomes = adapter.send_many(app, claimed, now)
+        outcomes = []
+        for first in range(0, len(claimed), 100):  # in chunks, as the workers push them
+            outcomes.extend(adapter.send_many(app, claimed[first : first + 100]))
         pushq = (time.process_time() - start) / deliveries
         adapter.close()
         failures = [o for o in outcomes if o.kind.value != "sent"]

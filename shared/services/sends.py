@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from shared.db import after_commit, after_rollback
@@ -101,16 +101,22 @@ def create_notifications(
     the whole call. The quota is taken only once everything else is valid and
     given back if the transaction does not commit.
     """
+    checked: set[tuple[str, str | None, int]] = set()
     for request in requests:
-        check_payload(request)
+        # A bulk shares one title, url and data object: encode and measure them once.
+        key = (request.title, request.url, id(request.data))
+        if key not in checked:
+            check_payload(request)
+            checked.add(key)
     missing = not_enrolled(session, app_id, [request.user_id for request in requests]) if require_enrollment else []
     if missing:
         raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
     now = utcnow()
     decision = None
     if quota is not None:
-        app = session.get(App, app_id)
-        limit = app.daily_quota if app is not None and app.daily_quota is not None else quota.default_limit
+        # Only the quota column: loading the App would decrypt every credential it holds.
+        own_limit = session.scalar(select(App.daily_quota).where(App.id == app_id))
+        limit = own_limit if own_limit is not None else quota.default_limit
         decision = quota.counter.reserve(app_id, len(requests), limit, now)
         after_rollback(session, lambda: quota.counter.refund(app_id, len(requests), now))
     rows = [
