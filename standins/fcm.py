@@ -390,6 +390,9 @@ def _target_of(message: dict) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a worker opening its pool of
+    # connections at once would see SYNs dropped and retransmitted a second later.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], standin: FcmStandin) -> None:
         self.standin = standin
