@@ -201,7 +201,7 @@ def prepare_database(database_url: str) -> None:
     import psycopg2
     from psycopg2 import sql
 
-    from shared.cli import migrate
+    from shared.schema import migrate
 
     url = make_url(database_url)
     if url.get_backend_name() != "postgresql":

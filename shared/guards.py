@@ -123,6 +123,7 @@ class DailyQuota:
     """Notifications per app per UTC day, counted in Redis (one key per app and day)."""
 
     def __init__(self, client: redis.Redis) -> None:
+        self._client = client
         self._reserve = client.register_script(_RESERVE)
         self._refund = client.register_script(_REFUND)
 
@@ -142,6 +143,11 @@ class DailyQuota:
     def refund(self, app_id: uuid.UUID, count: int, now: datetime) -> None:
         """Give back a reservation whose request did not commit."""
         self._refund(keys=[self._key(app_id, now)], args=[count, 2 * 86_400])
+
+    def used(self, app_id: uuid.UUID, now: datetime) -> int:
+        """Notifications the app has taken from the UTC day of ``now`` (operators' view; reads only)."""
+        value = self._client.get(self._key(app_id, now))
+        return int(value or 0)
 
 
 @dataclass(frozen=True)

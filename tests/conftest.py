@@ -32,7 +32,7 @@ from werkzeug.serving import make_server
 from api.app import create_app
 from api.auth import mint_token
 from shared import crypto
-from shared.cli import migrate
+from shared.schema import migrate
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Base

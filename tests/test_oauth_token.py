@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 from api.app import create_app
 from api.auth import TokenVerifier
-from shared.cli import main as cli
+from cli import main as cli
 from shared.config import ConfigError
 from shared.db import session_scope
 from shared.errors import AppNotFound

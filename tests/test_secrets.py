@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from sqlalchemy import func, select, text
 
 from shared import crypto
-from shared.cli import load_settings, main
+from cli import main
+from cli.common import load_settings
 from shared.config import ConfigError, Settings
 from shared.db import session_scope
 from shared.models import App, Base, Device

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.app import create_app
 from api.auth import REVOKED_CLIENTS_REFRESH_SECONDS, RevokedClients, TokenVerifier, mint_token
-from shared.cli import main as cli
+from cli import main as cli
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_scope
 from shared.egress import EndpointRefused, check_push_endpoint, is_public_address

@@ -115,3 +115,42 @@ def set_fcm_credentials(
     app.fcm_service_account = service_account_json
     app.fcm_project_id = project
     return app
+
+
+def list_apps(session: Session) -> list[App]:
+    """Every app, oldest first (operators' listing; apps are few)."""
+    from sqlalchemy import select
+
+    return list(session.scalars(select(App).order_by(App.created_at, App.id)))
+
+
+def set_daily_quota(session: Session, app_id: uuid.UUID, daily_quota: int | None) -> App:
+    """Set the app's notifications per UTC day; None falls back to PUSHQ_DEFAULT_DAILY_QUOTA.
+
+    Takes effect with the next send: the day's count in Redis is kept, so lowering
+    the quota below what was used today refuses the rest of the day's sends.
+    """
+    if daily_quota is not None and daily_quota < 0:
+        raise ValueError("a daily quota is 0 or more")
+    app = get_app(session, app_id)
+    app.daily_quota = daily_quota
+    session.flush()
+    return app
+
+
+def rotate_vapid_key(session: Session, app_id: uuid.UUID) -> App:
+    """Give the app a new VAPID key pair; returns the app with its new public key.
+
+    Browser subscriptions are bound to the public key they were made with
+    (``applicationServerKey``): push services refuse pushes signed with another
+    one, so every browser must subscribe again with the new key and register the
+    new subscription. Devices registered before keep failing until then (their
+    pushes end ``rejected``). Moving ``updated_at`` makes every worker drop its
+    cached credentials of the app.
+    """
+    app = get_app(session, app_id)
+    keys = generate_vapid_key_pair()
+    app.vapid_private_key = keys.private_pem
+    app.vapid_public_key = keys.public_key
+    session.flush()
+    return app

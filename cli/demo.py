@@ -1,4 +1,8 @@
-"""`pushq demo`: one notification through the real pipeline to a local Web Push service."""
+"""``pushq demo``: one notification through the real pipeline to a local Web Push service.
+
+Kept in a module of its own: it is the only command that needs the vendor
+stand-ins, imported inside the command, so the rest of the CLI never does.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,42 @@ import time
 import uuid
 from typing import Any
 
-import requests
+import click
 
-from api.auth import mint_token
+from cli.common import CONTEXT_SETTINGS, configure_crypto, load_settings
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.services.apps import create_app
-from shared.services.enrollments import enroll
-from standins.webpush import WebPushStandin
 
-FINAL = {"delivered", "partially_delivered", "failed", "expired", "no_devices"}
+FINAL = {"delivered", "partially_delivered", "failed", "expired", "no_devices", "cancelled"}
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--api", "api_url", default="http://127.0.0.1:8000", show_default=True, help="A running pushq API.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for delivery.")
+def demo(api_url: str, timeout: float) -> None:
+    """End to end: app, user, a browser subscription on a local Web Push service, send, decrypt.
+
+    Needs `pushq run` (or `make run`) serving API_URL, with the same database and
+    JWT settings as this command. Prints the message the local push service
+    received, decrypted; exits 1 unless it was delivered.
+    """
+    settings = load_settings()
+    configure_crypto(settings)
+    result = run_demo(settings, api_url, timeout)
+    click.echo(json.dumps(result, indent=2))
+    if result["notification"]["status"] != "delivered":
+        raise SystemExit(1)
 
 
 def run_demo(settings: Settings, api_url: str, timeout: float = 30.0) -> dict[str, Any]:
     """Register a subscription, send to it through ``api_url``, return what the push service decrypted."""
+    import requests
+
+    from api.auth import mint_token
+    from shared.db import make_engine, make_session_factory, session_scope
+    from shared.services.apps import create_app
+    from shared.services.enrollments import enroll
+    from standins.webpush import WebPushStandin
+
     engine = make_engine(settings.database_url)
     with session_scope(make_session_factory(engine)) as session:
         app = create_app(session, "pushq demo", "mailto:demo@example.com")
