@@ -76,6 +76,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(patients_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(oauth_bp)
+    from api.admin import bp as admin_bp
+    from api.client_kit import bp as client_kit_bp
+
+    # Pages, not API operations: left out of /openapi.json (api.http.PAGES).
+    app.register_blueprint(admin_bp)
+    app.register_blueprint(client_kit_bp)
     app.after_request(finish_session)
     app.teardown_request(discard_session)
     register_error_handlers(app)

@@ -65,6 +65,17 @@ class EndpointSpec:
 
 ENDPOINTS: list[EndpointSpec] = []
 
+# Pages for people and browsers, not API operations (the status page, the web client kit): served by the
+# same app but left out of the OpenAPI document. Blueprint name -> the URL prefix all its routes live under
+# (tests/test_openapi.py holds every undocumented route to one of these).
+PAGES: dict[str, str] = {}
+
+
+def page_blueprint(name: str, import_name: str, url_prefix: str, **kwargs: Any) -> Blueprint:
+    """A blueprint of non-API pages under ``url_prefix``: served, but not part of the OpenAPI document."""
+    PAGES[name] = url_prefix
+    return Blueprint(name, import_name, url_prefix=url_prefix, **kwargs)
+
 STANDARD_ERRORS = {
     "service": {401: "Invalid token", 403: "Missing required scope"},
     "m2m": {401: "Invalid token", 403: "Only M2M callers may send push / Missing required scope"},

@@ -107,6 +107,8 @@ class Settings:
     # The claim (name=value) that makes a token with app_id a service token; pushq's own tokens carry it.
     service_token_claim: str = field(default="token_use=service", metadata={"env": "PUSHQ_SERVICE_TOKEN_CLAIM"})
     log_level: str = field(default="INFO", metadata={"env": "PUSHQ_LOG_LEVEL"})
+    # The status page at /admin answers only to this token (bearer, or its login cookie); None: /admin is off (404).
+    admin_token: str | None = field(default=None, metadata={"env": "PUSHQ_ADMIN_TOKEN"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -141,6 +143,9 @@ class Settings:
         self._validate_security_limits()
         if self.push_concurrency < 1:
             raise ConfigError("PUSHQ_PUSH_CONCURRENCY must be at least 1")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            # The token is the only thing between the internet and every app's traffic figures.
+            raise ConfigError("PUSHQ_ADMIN_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         if self.claim_lease_seconds <= self.deliver_time_limits[1]:
             # A live worker's deliveries must never be claimed by another.
             raise ConfigError(

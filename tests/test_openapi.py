@@ -6,6 +6,8 @@ import re
 
 from openapi_spec_validator import validate
 
+from api.http import PAGES
+
 
 def test_document_is_valid_openapi(client):
     response = client.get("/openapi.json")
@@ -23,9 +25,22 @@ def test_every_route_is_documented_and_nothing_else(client, flask_app):
     for rule in flask_app.url_map.iter_rules():
         if rule.endpoint in {"static", "openapi.openapi_json", "health.healthz"}:
             continue
+        if rule.endpoint.partition(".")[0] in PAGES:  # pages for browsers, not API operations: checked below
+            continue
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         served |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert served == documented
+
+
+def test_only_the_declared_pages_are_left_out(client, flask_app):
+    """Undocumented pages are exactly the status page and the client kit, each under its own prefix."""
+    assert PAGES == {"admin": "/admin", "client_kit": "/client"}
+    for rule in flask_app.url_map.iter_rules():
+        blueprint = rule.endpoint.partition(".")[0]
+        if blueprint in PAGES:
+            assert rule.rule == PAGES[blueprint] or rule.rule.startswith(PAGES[blueprint] + "/"), rule.rule
+    documented = client.get("/openapi.json").json["paths"]
+    assert not [path for path in documented if path.startswith(tuple(PAGES.values()))]
 
 
 def test_send_documents_the_contract_errors(client):

@@ -1,0 +1,180 @@
+"""The status page at ``/admin``: per app, what was sent, what arrived, who is subscribed.
+
+Server-rendered HTML (Jinja, autoescaped) with an inline SVG chart: nothing
+runs in the browser, so the page works in any browser and its Content
+Security Policy allows no script at all. The figures come from
+:mod:`shared.services.stats`; this module only authenticates and renders.
+
+Authentication is one shared secret, ``PUSHQ_ADMIN_TOKEN``: presented as
+``Authorization: Bearer`` (curl, monitoring) or, for a browser, exchanged at
+``/admin/login`` for a cookie (HttpOnly, SameSite=Strict, 12 h) that carries a
+MAC of its expiry under the token, never the token itself. Without the
+setting the page does not exist (404). Failed attempts are throttled per
+source address by the same Redis windows as the token endpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from flask import current_app, make_response, redirect, render_template, request
+from werkzeug.wrappers import Response
+
+from api.http import ApiError, db_session, page_blueprint
+from shared.models import utcnow
+from shared.services import stats
+
+bp = page_blueprint("admin", __name__, "/admin", template_folder="templates")
+
+COOKIE_NAME = "pushq_admin"
+SESSION_SECONDS = 12 * 3600
+_COOKIE_PURPOSE = b"pushq admin session v1"
+# No script, no external anything: the page is HTML and inline SVG, styled by one inline <style>.
+_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")
+_CHART_COLORS = {"Web Push": "#2563eb", "APNs": "#dc2626", "FCM": "#16a34a"}
+
+
+def _admin_token() -> str:
+    token = current_app.extensions["pushq"].settings.admin_token
+    if not token:
+        raise ApiError(404, "admin_disabled", "The status page is off: set PUSHQ_ADMIN_TOKEN to enable it")
+    return token
+
+
+def _same_secret(presented: str, token: str) -> bool:
+    """Constant-time comparison that does not even reveal the token's length."""
+    return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), hashlib.sha256(token.encode()).digest())
+
+
+def _cookie_mac(token: str, expires: int) -> str:
+    return hmac.new(token.encode(), _COOKIE_PURPOSE + b":" + str(expires).encode(), hashlib.sha256).hexdigest()
+
+
+def session_cookie(token: str, now: float) -> str:
+    """``<expiry>.<MAC>``: valid until the expiry, and only while the token stays the same."""
+    expires = int(now) + SESSION_SECONDS
+    return f"{expires}.{_cookie_mac(token, expires)}"
+
+
+def _valid_cookie(value: str, token: str, now: float) -> bool:
+    expires, _, mac = value.partition(".")
+    if not expires.isdigit() or int(expires) < now:
+        return False
+    return hmac.compare_digest(mac.encode(), _cookie_mac(token, int(expires)).encode())
+
+
+def _check(accept: Callable[[], bool]) -> bool:
+    """Run ``accept()`` under the per-address failure throttle: a refusal counts, a success is forgiven."""
+    limiter = current_app.extensions["pushq"].client_auth_limiter
+    address = request.remote_addr or "unknown"
+    attempt = limiter.reserve(f"admin@{address}", address, utcnow())
+    if not accept():
+        return False
+    limiter.forgive(attempt)
+    return True
+
+
+def require_admin() -> None:
+    """Let the request through with a valid bearer token or login cookie; 404 when the page is off, 401 otherwise."""
+    token = _admin_token()
+    header = request.headers.get("Authorization", "")
+    cookie = request.cookies.get(COOKIE_NAME)
+    if header:
+        scheme, _, presented = header.partition(" ")
+        accepted = scheme.lower() == "bearer" and _check(lambda: _same_secret(presented.strip(), token))
+    elif cookie:
+        accepted = _check(lambda: _valid_cookie(cookie, token, time.time()))
+    else:
+        raise ApiError(401, "admin_token_required",
+                       "Admin token required: Authorization: Bearer <PUSHQ_ADMIN_TOKEN>, or log in at /admin/login")
+    if not accepted:
+        raise ApiError(401, "invalid_admin_token", "Invalid admin token")
+
+
+def _page(html: str, status: int = 200) -> Response:
+    response = make_response(html, status)
+    response.headers["Content-Security-Policy"] = _CSP
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@dataclass(frozen=True)
+class ChartLine:
+    vendor: str
+    color: str
+    points: str  # SVG polyline points
+    sent: int
+    success_rate: float | None
+
+
+@dataclass(frozen=True)
+class Chart:
+    width: int
+    height: int
+    peak: int
+    lines: list[ChartLine]
+
+
+def rate_chart(rates: list[stats.VendorRate], width: int = 360, height: int = 90) -> Chart:
+    """Polylines of sent deliveries per minute, one per vendor, scaled to the busiest minute."""
+    peak = max((max(rate.sent_per_minute, default=0) for rate in rates), default=0)
+    lines = []
+    for rate in rates:
+        series = rate.sent_per_minute
+        step = width / max(len(series) - 1, 1)
+        points = " ".join(
+            f"{i * step:.1f},{height - (value / peak * (height - 4) if peak else 0) - 2:.1f}"
+            for i, value in enumerate(series)
+        )
+        lines.append(ChartLine(rate.vendor, _CHART_COLORS.get(rate.vendor, "#6b7280"), points,
+                               sum(series), rate.success_rate))
+    return Chart(width, height, peak, lines)
+
+
+@bp.get("")
+def status_page() -> Response:
+    """The status of every app (server-rendered; refreshes itself every 30 s)."""
+    require_admin()
+    pushq = current_app.extensions["pushq"]
+    now = utcnow()
+    apps = stats.app_overview(db_session(), pushq.quota.counter, pushq.quota.default_limit, now)
+    html = render_template(
+        "admin/status.html", apps=apps, now=now, charts={app.app_id: rate_chart(app.rates) for app in apps},
+        statuses=stats.notification_status_order(), vendors=stats.VENDORS,
+    )
+    return _page(html)
+
+
+@bp.get("/login")
+def login_form() -> Response:
+    _admin_token()
+    return _page(render_template("admin/login.html", error=None))
+
+
+@bp.post("/login")
+def login() -> Response:
+    """Exchange the token (form field ``token``) for the session cookie; the token itself is never stored."""
+    token = _admin_token()
+    presented = request.form.get("token", "")
+    if not _check(lambda: bool(presented) and _same_secret(presented, token)):
+        return _page(render_template("admin/login.html", error="Invalid admin token"), 401)
+    response = redirect("/admin", code=303)
+    response.set_cookie(COOKIE_NAME, session_cookie(token, time.time()), max_age=SESSION_SECONDS, path="/admin",
+                        httponly=True, samesite="Strict", secure=request.is_secure)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    _admin_token()
+    response = redirect("/admin/login", code=303)
+    response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="Strict", secure=request.is_secure)
+    return response
