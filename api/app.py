@@ -82,6 +82,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Pages, not API operations: left out of /openapi.json (api.http.PAGES).
     app.register_blueprint(admin_bp)
     app.register_blueprint(client_kit_bp)
+    from api.metrics import install_observability
+
+    # Before finish_session: after-request hooks run in reverse, so request ids and HTTP metrics see
+    # the final answer (a failed commit turns into a 503 there).
+    install_observability(app)
     app.after_request(finish_session)
     app.teardown_request(discard_session)
     register_error_handlers(app)

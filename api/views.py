@@ -6,6 +6,7 @@ from flask import Blueprint, current_app
 
 from api.auth import Principal
 from api.http import db_session, endpoint, parse_id
+from api.metrics import accepted_enqueue, current_request_id
 from api.schemas import (
     BatchSendRequest,
     DeviceListQuery,
@@ -88,8 +89,9 @@ def _create(principal: Principal, requests: list[sends.SendRequest]) -> tuple[li
         principal.app_id,
         requests,
         default_ttl=pushq.settings.default_ttl_seconds,
-        enqueue=pushq.dispatcher.enqueue_fanout,
+        enqueue=accepted_enqueue(pushq.dispatcher),  # counts them and carries the request id, after commit
         quota=pushq.quota,
+        request_id=current_request_id(),
     )
     headers = accepted.quota.headers(utcnow()) if accepted.quota else {}
     return accepted.notification_ids, headers

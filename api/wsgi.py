@@ -5,5 +5,5 @@ from shared.config import Settings
 from shared.logging import configure_logging
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 app = create_app(settings)

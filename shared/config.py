@@ -107,6 +107,15 @@ class Settings:
     # The claim (name=value) that makes a token with app_id a service token; pushq's own tokens carry it.
     service_token_claim: str = field(default="token_use=service", metadata={"env": "PUSHQ_SERVICE_TOKEN_CLAIM"})
     log_level: str = field(default="INFO", metadata={"env": "PUSHQ_LOG_LEVEL"})
+    # "text" (one readable line per event) or "json" (one object per line, for log shippers).
+    log_format: str = field(default="text", metadata={"env": "PUSHQ_LOG_FORMAT"})
+    # Where every pushq process of this host writes its Prometheus metrics (one subdirectory per
+    # gunicorn master / Celery worker); GET /metrics reads them all. None: <tmp>/pushq-metrics-<uid>.
+    metrics_dir: str | None = field(default=None, metadata={"env": "PUSHQ_METRICS_DIR"})
+    # When set, GET /metrics requires "Authorization: Bearer <this>".
+    metrics_token: str | None = field(default=None, metadata={"env": "PUSHQ_METRICS_TOKEN"})
+    # A Celery worker also serves this host's metrics on this port (hosts without the API); 0: off.
+    worker_metrics_port: int = field(default=0, metadata={"env": "PUSHQ_WORKER_METRICS_PORT"})
     # The status page at /admin answers only to this token (bearer, or its login cookie); None: /admin is off (404).
     admin_token: str | None = field(default=None, metadata={"env": "PUSHQ_ADMIN_TOKEN"})
 
@@ -143,6 +152,8 @@ class Settings:
         self._validate_security_limits()
         if self.push_concurrency < 1:
             raise ConfigError("PUSHQ_PUSH_CONCURRENCY must be at least 1")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("PUSHQ_LOG_FORMAT must be text or json")
         if self.admin_token is not None and len(self.admin_token) < 16:
             # The token is the only thing between the internet and every app's traffic figures.
             raise ConfigError("PUSHQ_ADMIN_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 32`)")

@@ -206,6 +206,7 @@ class ClaimedDelivery:
     app_id: uuid.UUID
     message: Message
     notify_outcomes: bool = False  # a caller waits for this notification's first outcomes
+    request_id: str | None = None  # the X-Request-Id that created the notification, for log lines
 
 
 @dataclass(frozen=True)
@@ -283,7 +284,7 @@ def claim_chunk(
         )
     )
     base = (Delivery.id, Delivery.status, Delivery.device_id, Delivery.platform, Delivery.attempts,
-            Delivery.notification_id)
+            Delivery.notification_id, Notification.request_id)
     if session.get_bind().dialect.name == "postgresql":
         rows = session.execute(
             statement.returning(*base, Device.token, Device.token_hash, Notification.app_id,
@@ -311,6 +312,7 @@ def claim_chunk(
                 delivery_id=row["id"], device_id=row["device_id"], token=row["token"], token_hash=row["token_hash"],
                 platform=row["platform"], attempts=row["attempts"], notification_id=row["notification_id"],
                 app_id=row["app_id"], message=Message.from_row(row), notify_outcomes=row["notify_outcomes"],
+                request_id=row["request_id"],
             )
         )
     if closed_notifications:

@@ -2,13 +2,56 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from datetime import datetime, timezone
+
+from shared.observability.context import current_request_ids
+
+LOG_FORMATS = ("text", "json")
 
 
-def configure_logging(level: str = "INFO") -> None:
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
-    formatter.converter = time.gmtime
+class TextFormatter(logging.Formatter):
+    """One line per event; ``request_ids=…`` appended when the event concerns requests (README "Operations")."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+        self.converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = current_request_ids()
+        if not ids:
+            return line
+        first, newline, rest = line.partition("\n")  # keep a traceback below the line it belongs to
+        return f"{first} request_ids={','.join(ids)}{newline}{rest}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: ts, level, logger, process, pid, message,
+    request_ids (when any apply) and exc_info (a formatted traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.processName,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        ids = current_request_ids()
+        if ids:
+            event["request_ids"] = list(ids)
+        if record.exc_info:
+            event["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """Log to stderr in ``log_format`` (PUSHQ_LOG_FORMAT: ``text`` or ``json``) at ``level``."""
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
     handler = logging.StreamHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()

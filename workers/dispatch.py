@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 from celery import Celery
 
 from shared.delivery import Chunk
+from shared.observability.context import task_headers
 from workers.celery_app import DELIVER_TASK, FANOUT_QUEUE, FANOUT_TASK, PLATFORM_QUEUES
 
 
@@ -19,15 +20,18 @@ class Dispatcher:
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
 
-    def enqueue_fanout(self, notification_ids: Sequence[uuid.UUID]) -> None:
-        """One fan-out task for all of a request's notifications (a whole bulk is fanned out at once)."""
-        if notification_ids:
-            self.celery.send_task(FANOUT_TASK, args=[[str(i) for i in notification_ids]], queue=FANOUT_QUEUE)
+    def enqueue_fanout(self, notification_ids: Sequence[uuid.UUID], request_ids: Sequence[str] = ()) -> None:
+        """One fan-out task for all of a request's notifications (a whole bulk is fanned out at once).
 
-    def enqueue_chunks(self, chunks: Iterable[Chunk]) -> None:
+        ``request_ids`` travel in the message headers, for the workers' log lines.
+        """
+        if notification_ids:
+            self.celery.send_task(FANOUT_TASK, args=[[str(i) for i in notification_ids]], headers=task_headers(request_ids), queue=FANOUT_QUEUE)
+
+    def enqueue_chunks(self, chunks: Iterable[Chunk], request_ids: Sequence[str] = ()) -> None:
         """One deliver task per chunk (one platform and app, up to PUSHQ_DELIVERY_CHUNK_SIZE deliveries)."""
         for chunk in chunks:
             self.celery.send_task(
-                DELIVER_TASK, args=[chunk.platform, [str(i) for i in chunk.delivery_ids]],
+                DELIVER_TASK, args=[chunk.platform, [str(i) for i in chunk.delivery_ids]], headers=task_headers(request_ids),
                 queue=PLATFORM_QUEUES[chunk.platform],
             )

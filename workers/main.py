@@ -4,16 +4,24 @@ The only worker-side module that builds anything at import: the Celery app from
 the environment's settings.
 """
 
-from celery.signals import worker_process_shutdown
+from celery.signals import (
+    celeryd_init,
+    task_postrun,
+    task_prerun,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from shared import crypto
 from shared.config import Settings
 from shared.logging import configure_logging
+from workers import metrics as worker_metrics
 from workers.celery_app import make_celery
 from workers.runtime import close_runtimes
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 crypto.configure(settings)  # fail at boot, not at the first task, when keys are missing
 app = make_celery(settings)
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
@@ -22,3 +30,38 @@ app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 @worker_process_shutdown.connect
 def _close_vendor_connections(**_kwargs) -> None:
     close_runtimes()
+
+
+# Metrics and request ids (workers/metrics.py, README "Operations").
+_metrics_dir = []
+
+
+@celeryd_init.connect
+def _claim_metrics_dir(**_kwargs) -> None:
+    _metrics_dir.append(worker_metrics.worker_starting(settings))
+
+
+@worker_ready.connect
+def _serve_metrics(**_kwargs) -> None:
+    worker_metrics.worker_ready(settings)
+
+
+@worker_shutdown.connect
+def _release_metrics_dir(**_kwargs) -> None:
+    worker_metrics.worker_stopping(_metrics_dir[0] if _metrics_dir else None)
+
+
+@worker_process_shutdown.connect
+def _pool_process_exiting(pid: int | None = None, **_kwargs) -> None:
+    if pid is not None:
+        worker_metrics.pool_process_exiting(pid)
+
+
+@task_prerun.connect
+def _task_request_ids(task_id: str, task, **_kwargs) -> None:
+    worker_metrics.task_starting(task_id, task)
+
+
+@task_postrun.connect
+def _task_request_ids_done(task_id: str, **_kwargs) -> None:
+    worker_metrics.task_finished(task_id)

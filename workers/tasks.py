@@ -21,10 +21,12 @@ from shared.delivery import (
     stale_queued_notifications,
 )
 from shared.models import utcnow
+from shared.observability.context import current_request_ids, set_request_ids
 from shared.outcome_bus import publish_outcomes
 from shared.outcomes import Outcome
 from shared.services import idempotency
 from workers.celery_app import DELIVER_TASK, FANOUT_TASK, SWEEP_TASK
+from workers.metrics import record_chunk
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ def fanout(self, notification_ids: list[str] | str) -> None:
 
     def work(session):
         chunks = fan_out(session, ids, utcnow(), rt.adapters.keys(), rt.settings.delivery_chunk_size)
-        after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks))
+        # The chunks carry the request ids this fan-out's message carried (headers), for their log lines.
+        after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks, request_ids=current_request_ids()))
         return chunks
 
     chunks = run_in_transaction(rt.session_factory, work)
@@ -56,8 +59,11 @@ def deliver(self, platform: str, delivery_ids: list[str]) -> None:
     claim = run_in_transaction(
         rt.session_factory, lambda session: claim_chunk(session, ids, utcnow(), s.claim_lease_seconds, s.max_attempts)
     )
+    if claim.deliveries:  # log lines name the requests of what was claimed (a re-enqueued chunk may mix them)
+        set_request_ids([d.request_id for d in claim.deliveries if d.request_id] or current_request_ids())
     if not claim.deliveries:
         log.info("nothing to deliver among %d %s deliveries (%d closed at claim)", len(ids), platform, claim.closed)
+        record_chunk(platform, [], claim.closed, adapter)
         return
     # The claim is committed: a redelivered copy of this task cannot push these again.
     credentials = rt.credentials.get_many(claim.app_versions)
@@ -79,6 +85,7 @@ def deliver(self, platform: str, delivery_ids: list[str]) -> None:
             publish_outcomes(rt.redis, awaited)
         except RedisError as exc:  # the outcomes are stored; a waiter still reads them at its deadline
             log.warning("could not announce outcomes of %d notifications: %s", len(awaited), type(exc).__name__)
+    record_chunk(platform, results, claim.closed, adapter)  # counts per chunk, not per delivery
     log.info("delivered %d %s deliveries (%d written, %d closed at claim)", len(results), platform, written, claim.closed)
 
 

@@ -53,6 +53,7 @@ def start_patient_send(
     default_ttl: int,
     enqueue: Enqueue,
     quota: QuotaPolicy | None = None,
+    request_id: str | None = None,
 ) -> StartedSend:
     """Resolve the patient, create a web-only notification for its person, enqueue after commit."""
     person_id = resolve_person(session, app_id, patient_id)
@@ -77,6 +78,7 @@ def start_patient_send(
         require_enrollment=False,  # the identity mapping is what authorizes this send
         quota=quota,
         notify_outcomes=True,  # this call waits for the first outcomes
+        request_id=request_id,
     )
     (notification_id,) = accepted.notification_ids
     return StartedSend(app_id, notification_id, patient_id, person_id, subscription_ids, accepted.quota)

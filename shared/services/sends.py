@@ -93,13 +93,15 @@ def create_notifications(
     require_enrollment: bool = True,
     quota: QuotaPolicy | None = None,
     notify_outcomes: bool = False,
+    request_id: str | None = None,
 ) -> Accepted:
     """Create one notification per request and enqueue their fan-out once committed.
 
     Either every request is accepted or none is: one user not enrolled, one
     data payload too large, or a daily quota too small for all of them refuses
     the whole call. The quota is taken only once everything else is valid and
-    given back if the transaction does not commit.
+    given back if the transaction does not commit. ``request_id`` (the API
+    request's X-Request-Id) is stored with each notification for tracing.
     """
     checked: set[tuple[str, str | None, int]] = set()
     for request in requests:
@@ -126,6 +128,7 @@ def create_notifications(
             "user_id": request.user_id,
             "status": NotificationStatus.QUEUED.value,
             "notify_outcomes": notify_outcomes,
+            "request_id": request_id,
             "created_at": now,
             "updated_at": now,
             **request.message(now, default_ttl).as_row(),

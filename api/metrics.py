@@ -1,0 +1,213 @@
+"""Request ids, HTTP metrics and ``GET /metrics`` (README "Operations").
+
+Every answer carries an ``X-Request-Id``: the caller's when it is valid, else a
+new one. It is stored with the notifications the request creates, travels in
+the fan-out task's headers and appears in every log line about them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from datetime import timezone
+from typing import Any, Callable, Iterable, Sequence
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import session_scope
+from shared.models import Delivery, DeliveryStatus, Notification, NotificationStatus, utcnow
+from shared.observability.context import accept_request_id, reset_request_ids, set_request_ids
+from shared.observability.metrics import exposition, host_registry, join_group_dir, metrics
+from workers.celery_app import ALL_QUEUES, FANOUT_QUEUE, PLATFORM_QUEUES
+from workers.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+UNMATCHED = "unmatched"  # the route label of requests no route matched (404s, scanners): one series, not one per path
+
+bp = Blueprint("metrics", __name__)
+
+
+def install_observability(app: Flask) -> None:
+    """Request ids, HTTP metrics and the /metrics route for ``app``.
+
+    Call before registering hooks that may replace the answer (the session's
+    commit turns a failed commit into a 503): after-request hooks run in
+    reverse order, so these see the final answer.
+    """
+    state = app.extensions["pushq"]
+    join_group_dir(state.settings, "api")
+    app.extensions["pushq_metrics"] = host_registry(
+        state.settings, QueueCollector(state.dispatcher.celery, state.session_factory)
+    )
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.teardown_request(_forget_request_id)
+    app.register_blueprint(bp)
+
+
+def current_request_id() -> str:
+    """The id of the request being served."""
+    request_id = g.get("request_id")
+    if request_id is None:
+        request_id = g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+    return request_id
+
+
+def route_label() -> str:
+    """The route template (``/push/notifications/<id>``), never the raw path: labels must stay few."""
+    return request.url_rule.rule if request.url_rule is not None else UNMATCHED
+
+
+def accepted_enqueue(dispatcher: Dispatcher) -> Callable[[Sequence[uuid.UUID]], None]:
+    """The after-commit enqueue for a send: counts the accepted notifications, then enqueues their
+    fan-out with this request's id in the task headers. Runs only once the notifications are committed."""
+    endpoint, request_id = route_label(), current_request_id()
+
+    def enqueue(notification_ids: Sequence[uuid.UUID]) -> None:
+        metrics().accepted.labels(endpoint).inc(len(notification_ids))
+        dispatcher.enqueue_fanout(notification_ids, request_ids=(request_id,))
+
+    return enqueue
+
+
+def _start_request() -> None:
+    g.request_started = time.perf_counter()
+    g.request_id_token = set_request_ids([current_request_id()])
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers[REQUEST_ID_HEADER] = current_request_id()
+    started = g.get("request_started")
+    if started is not None:
+        route, method, m = route_label(), request.method, metrics()
+        m.http_requests.labels(route, method, str(response.status_code)).inc()
+        m.http_duration.labels(route, method).observe(time.perf_counter() - started)
+        if response.status_code == 429 and response.is_json and \
+                (response.get_json(silent=True) or {}).get("error") == "daily_quota_exceeded":
+            m.quota_refusals.labels(route).inc()
+    return response
+
+
+def _forget_request_id(_exc: BaseException | None) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        try:
+            reset_request_ids(token)
+        except ValueError:  # set in another context (cannot happen with Flask's threads; be safe)
+            set_request_ids(())
+
+
+@bp.get("/metrics")
+def metrics_view():
+    """Every pushq process's metrics on this host, in the Prometheus text format (outside the OpenAPI
+    document, like /healthz). With PUSHQ_METRICS_TOKEN set it needs ``Authorization: Bearer <token>``."""
+    token = current_app.extensions["pushq"].settings.metrics_token
+    if token and not hmac.compare_digest(
+        request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
+    ):
+        response = current_app.json.response({"error": "invalid_token", "message": "Invalid token"})
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body, content_type = exposition(current_app.extensions["pushq_metrics"])
+    return Response(body, status=200, content_type=content_type)
+
+
+class QueueCollector:
+    """Queue gauges read at scrape time: messages in the broker and work waiting in the database.
+
+    The broker's count is what Celery has not handed to a worker yet (Redis:
+    the length of the queue's lists; RabbitMQ: the queue's ready messages). The
+    database says what the queues stand for, whatever the broker: deliveries
+    ``pending`` per vendor and notifications accepted but not fanned out, and
+    how long the oldest of them has waited.
+    """
+
+    def __init__(self, celery: Any, session_factory: sessionmaker[Session]) -> None:
+        self.celery = celery
+        self.session_factory = session_factory
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        depth = GaugeMetricFamily("pushq_queue_depth", "Task messages waiting in the broker, by queue.",
+                                  labels=["queue"])
+        for queue, count in self._broker_depths().items():
+            depth.add_metric([queue], count)
+        yield depth
+        waiting = GaugeMetricFamily(
+            "pushq_queue_waiting_items",
+            "Work waiting in the database, by queue: pending deliveries per vendor queue, "
+            "notifications not yet fanned out for fanout.", labels=["queue"])
+        oldest = GaugeMetricFamily(
+            "pushq_queue_oldest_waiting_seconds", "Age of the oldest waiting item, by queue (0 when none).",
+            labels=["queue"])
+        try:
+            rows = self._database_waiting()
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer; the gauges are simply missing
+            log.warning("metrics: cannot read waiting work from the database: %s", type(exc).__name__)
+            rows = {}
+        for queue, (count, age) in rows.items():
+            waiting.add_metric([queue], count)
+            oldest.add_metric([queue], age)
+        yield waiting
+        yield oldest
+
+    def _broker_depths(self) -> dict[str, int]:
+        """Messages per queue, asked the way every kombu transport answers (a passive declare).
+
+        A queue the broker does not know (Redis drops an empty list) holds 0.
+        Without a broker the gauge is left out rather than the scrape failing.
+        """
+        depths: dict[str, int] = {}
+        try:
+            with self.celery.connection_for_read() as connection:
+                connection.ensure_connection(max_retries=1, timeout=2)
+                for queue in ALL_QUEUES:
+                    channel = connection.channel()
+                    try:
+                        depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                    except connection.channel_errors:
+                        depths[queue] = 0
+                    finally:
+                        try:
+                            channel.close()
+                        except Exception:  # noqa: BLE001 - RabbitMQ already closed it after a 404
+                            pass
+        except Exception as exc:  # noqa: BLE001
+            log.warning("metrics: cannot read queue depths from the broker: %s", type(exc).__name__)
+            return {}
+        return depths
+
+    def _database_waiting(self) -> dict[str, tuple[int, float]]:
+        now = utcnow()
+
+        def age(oldest: Any) -> float:
+            if oldest is None:
+                return 0.0
+            if oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=timezone.utc)
+            return max((now - oldest).total_seconds(), 0.0)
+
+        result = {queue: (0, 0.0) for queue in (FANOUT_QUEUE, *PLATFORM_QUEUES.values())}
+        with session_scope(self.session_factory) as session:
+            for platform, count, oldest in session.execute(
+                select(Delivery.platform, func.count(), func.min(Delivery.updated_at))
+                .where(Delivery.status == DeliveryStatus.PENDING.value)
+                .group_by(Delivery.platform)
+            ):
+                if platform in PLATFORM_QUEUES:
+                    result[PLATFORM_QUEUES[platform]] = (count, age(oldest))
+            count, oldest = session.execute(
+                select(func.count(), func.min(Notification.created_at)).where(
+                    Notification.status == NotificationStatus.QUEUED.value, Notification.fanned_out_at.is_(None)
+                )
+            ).one()
+            result[FANOUT_QUEUE] = (count, age(oldest))
+        return result

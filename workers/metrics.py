@@ -1,0 +1,118 @@
+"""Worker-side observability: delivery metrics per chunk, request ids per task, the metrics directory.
+
+Recording happens once per chunk, with counts (a counter increment per outcome
+kind present, one histogram update per bucket used), so a delivery costs no
+metric call of its own. The hooks are connected to Celery's signals in
+``workers/main.py``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Sequence
+
+from shared.config import Settings
+from shared.delivery import ClaimedDelivery
+from shared.models import utcnow
+from shared.observability.context import reset_request_ids, set_request_ids, task_request_ids
+from shared.observability.metrics import (
+    claim_group_dir,
+    host_registry,
+    metrics,
+    observe_many,
+    process_exited,
+    release_group_dir,
+    retry_reason,
+)
+from shared.outcomes import Outcome, OutcomeKind
+from workers.celery_app import PLATFORM_QUEUES
+
+log = logging.getLogger(__name__)
+
+_late_answers_seen: dict[int, int] = {}  # per adapter object: its late_answers already counted
+_task_tokens: dict[str, contextvars.Token] = {}
+
+
+def accepted_at(delivery: ClaimedDelivery) -> datetime:
+    """When the notification was accepted (released, for a scheduled send): its expiry minus its TTL."""
+    return delivery.message.expires_at - timedelta(seconds=delivery.message.ttl)
+
+
+def record_chunk(
+    platform: str, results: Sequence[tuple[ClaimedDelivery, Outcome]], closed_at_claim: int, adapter: Any,
+    now: datetime | None = None,
+) -> None:
+    """Count one chunk's outcomes, retries by reason and accept-to-answer latencies, by vendor."""
+    vendor = PLATFORM_QUEUES.get(platform, platform)
+    m = metrics()
+    if closed_at_claim:
+        m.closed_at_claim.labels(vendor).inc(closed_at_claim)
+    if results:
+        now = now or utcnow()
+        for kind, count in Counter(outcome.kind.value for _, outcome in results).items():
+            m.deliveries.labels(vendor, kind).inc(count)
+        retries = Counter(retry_reason(o.reason) for _, o in results if o.kind is OutcomeKind.RETRY)
+        for reason, count in retries.items():
+            m.retries.labels(vendor, reason).inc(count)
+        observe_many(m.latency.labels(vendor), [(now - accepted_at(d)).total_seconds() for d, _ in results])
+    late = getattr(adapter, "late_answers", None)  # the APNs adapter counts answers that came too late
+    if isinstance(late, int):
+        seen = _late_answers_seen.get(id(adapter), 0)
+        if late > seen:
+            m.late_answers.labels(vendor).inc(late - seen)
+        _late_answers_seen[id(adapter)] = late
+
+
+# ------------------------------------------------------------------ Celery signal hooks
+
+
+def task_starting(task_id: str, task: Any) -> None:
+    """task_prerun: log lines of the task carry the request ids its message headers name."""
+    _task_tokens[task_id] = set_request_ids(task_request_ids(task.request))
+
+
+def task_finished(task_id: str) -> None:
+    """task_postrun: back to no request ids."""
+    token = _task_tokens.pop(task_id, None)
+    if token is not None:
+        try:
+            reset_request_ids(token)
+        except ValueError:
+            set_request_ids(())
+
+
+def worker_starting(settings: Settings) -> Path:
+    """celeryd_init (main process, before the pool forks): this worker's empty metrics directory."""
+    return claim_group_dir(settings, "worker")
+
+
+def worker_ready(settings: Settings) -> None:
+    """worker_ready: serve the host's metrics on PUSHQ_WORKER_METRICS_PORT, when set (hosts without the API)."""
+    if not settings.worker_metrics_port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(settings.worker_metrics_port, registry=host_registry(settings))
+    except OSError as exc:  # another worker of this host serves them already
+        log.warning("metrics port %d not opened: %s", settings.worker_metrics_port, exc)
+    else:
+        log.info("serving this host's metrics on port %d", settings.worker_metrics_port)
+
+
+def worker_stopping(path: Path | None) -> None:
+    """worker_shutdown: the worker's counts end with it."""
+    if path is not None:
+        release_group_dir(path)
+
+
+def pool_process_exiting(pid: int) -> None:
+    """worker_process_shutdown: drop the child's live gauges."""
+    try:
+        process_exited(pid)
+    except Exception:  # noqa: BLE001 - never block a child's exit on metrics
+        log.debug("could not mark process %d dead for metrics", pid, exc_info=True)
