@@ -380,6 +380,16 @@ class ApnsStandin:
         with self._lock:
             self._behaviors[key] = _Behavior(reason, times, delay, retry_after, time.time())
 
+    def freeze(self, seconds: float) -> None:
+        """Send and read nothing on any connection for ``seconds`` (a half-open connection, seen from the client)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(time.sleep, seconds)
+
+    def drop_connections(self) -> None:
+        """Abort every open connection (as a server restart or a network cut would)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: [c.abort() for c in list(self._connections)])
+
     def clear_behavior(self, device_token: str) -> None:
         key = device_token if device_token == "*" else device_token.lower()
         with self._lock:

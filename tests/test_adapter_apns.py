@@ -349,65 +349,9 @@ def test_refused_and_untrusted_connections_are_retried(standin, make_adapter):
     assert "SSLCertVerificationError" in untrusted.reason
 
 
-def test_connection_lost_after_write_is_retry_and_not_resent(standin, adapter):
-    """aioapns' pool would re-send this request on a new connection (a second push)."""
-    now, token = utcnow(), device_token()
-    standin.set_behavior(token, None, delay=3600)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(adapter.send_many, credentials(), [delivery(token, now)])
-        wait_until(lambda: standin.attempts(token) == 1)
-        # The server drops the connection while the request is in flight.
-        assert standin._loop is not None
-        standin._loop.call_soon_threadsafe(lambda: [c.abort() for c in list(standin._connections)])
-        (outcome,) = pending.result(timeout=10)
-    assert (outcome.kind, outcome.reason) == (OutcomeKind.RETRY, "connection lost")
-    assert standin.attempts(token) == 1
-    assert standin.connections_accepted == 1
-    standin.clear_behavior(token)
-    assert adapter.send_many(credentials(), [delivery(token, now)])[0].kind is OutcomeKind.SENT
-
-
-# --------------------------------------------------------- aioapns 4.0 defects
-@pytest.mark.parametrize("late_reason", [None, "BadDeviceToken"])
-def test_late_answer_after_timeout_keeps_the_connection(standin, make_adapter, late_reason):
-    """Defect 1: aioapns set a result on the timed-out (cancelled) future; the
-    InvalidStateError killed the connection and re-sent what was in flight on it."""
-    adapter = make_adapter(read_timeout=0.5)
-    app, now = credentials(), utcnow()
-    slow, fast = device_token(), device_token()
-    standin.set_behavior(slow, late_reason, delay=1.2, times=1)
-
-    timed_out, sent = adapter.send_many(app, [delivery(slow, now), delivery(fast, now)])
-    assert (timed_out.kind, timed_out.reason) == (OutcomeKind.RETRY, "APNs timed out")
-    assert sent.kind is OutcomeKind.SENT
-
-    wait_until(lambda: adapter.late_answers == 1)  # the late answer reached the client
-    outcomes = adapter.send_many(app, [delivery(slow, now), delivery(fast, now)])
-    assert [o.kind for o in outcomes] == [OutcomeKind.SENT, OutcomeKind.SENT]
-    assert standin.connections_accepted == 1  # the late answer did not kill the connection
-    assert standin.attempts(slow) == 2 and standin.attempts(fast) == 2  # nothing re-sent
-    assert len(standin.messages(slow)) == (2 if late_reason is None else 1)
-
-
-def test_many_error_answers_on_one_connection_do_not_stall_it(standin, make_adapter):
-    """Defect 2: aioapns never acknowledged received DATA, so after ~64 KiB of
-    error bodies the connection window was spent and later error answers hung."""
-    adapter = make_adapter(max_connections=1)
-    app, now = credentials(), utcnow()
-    bad = device_token()
-    standin.set_behavior(bad, "BadDeviceToken")
-
-    started = time.monotonic()
-    for _ in range(6):  # 6 tasks of 500: 3000 error bodies, ~80 KiB
-        outcomes = adapter.send_many(app, [delivery(bad, now) for _ in range(500)])
-        assert {o.kind for o in outcomes} == {OutcomeKind.DEAD_TOKEN}
-    standin.set_behavior(bad, "Unregistered")
-    assert adapter.send_many(app, [delivery(bad, now)])[0].kind is OutcomeKind.DEAD_TOKEN
-    fine = device_token()
-    assert adapter.send_many(app, [delivery(fine, now)])[0].kind is OutcomeKind.SENT
-    assert time.monotonic() - started < 10
-    assert standin.connections_accepted == 1
-    assert standin.attempts(bad) == 3001
+# The fixes to aioapns (late answers, DATA acknowledgement, no re-sends, shared provider
+# tokens, silent connections, waiting for streams) are tested on the wire client:
+# tests/test_apns_client.py.
 
 
 # ----------------------------------------------------------------------- close
@@ -419,7 +363,7 @@ def test_close_leaves_no_open_sockets_and_can_start_again(standin):
         assert adapter.send_many(credentials(sandbox=sandbox), [delivery(device_token(), now)])[0].kind \
             is OutcomeKind.SENT
     assert standin.connections_accepted == 2
-    thread = adapter._thread
+    thread = adapter.client.loop_thread
     assert thread is not None and thread.is_alive()
 
     with warnings.catch_warnings(record=True) as caught:

@@ -35,7 +35,7 @@ from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
 from workers.adapters.base import AppCredentials, parse_retry_after
-from workers.adapters.loop import LoopThread
+from workers.vendors.loop import LoopThread
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,11 @@ class LoopThread:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The loop's thread while one runs (for shutdown checks)."""
+        return self._thread
+
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is not None and self._pid != os.getpid():

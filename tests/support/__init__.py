@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers: key pairs, deliveries, stand-in fixtures."""
