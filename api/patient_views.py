@@ -35,14 +35,19 @@ _NOT_FOUND = {404: "Patient not found / Identity mapping not found"}
 def patient_send(principal: Principal, body: dict, **_):
     """Waits for each subscription's first delivery attempt up to PUSHQ_FANOUT_WAIT_SECONDS; what is
     still unanswered then is reported as `pending` and its outcome is readable at
-    GET /push/notifications/{notification_id}."""
+    GET /push/notifications/{notification_id}. With a future `sendAt` it answers at once, every
+    subscription `pending` (the send is scheduled; cancel it with DELETE /push/notifications/{id})."""
     state = current_app.extensions["pushq"]
     started = patient_push.start_patient_send(
         db_session(), principal.app_id, body["patient_id"], title=body["title"], body=body["body"], url=body["url"],
         default_ttl=state.settings.default_ttl_seconds, enqueue=accepted_enqueue(state.dispatcher), quota=state.quota,
         request_id=current_request_id(),
+        send_at=body["send_at"],
     )
     pending = [patient_push.SubscriptionResult(i, patient_push.PENDING, "") for i in started.subscription_ids]
+    if started.scheduled:  # nothing goes out before sendAt: nothing to wait for
+        headers = started.quota.headers(utcnow()) if started.quota else {}
+        return _send_response(started, pending), 200, headers
     # Stored with the notification id before anything can fail: a replay never finds the key "in progress".
     remember_response(200, _send_response(started, pending))
     commit_request_session()

@@ -102,7 +102,17 @@ def _options() -> dict[str, fields.Field]:
     }
 
 
-SEND_FIELDS = {"title": _title(), "body": _body(), "data": _data(), "ttl": _ttl(), **_options()}
+def _send_at() -> fields.AwareDateTime:
+    return fields.AwareDateTime(
+        load_default=None,
+        metadata={"description": "ISO 8601 with a time zone: fan out no earlier than this (and within seconds "
+                  "after it); the ttl counts from it. At most 2419200 s ahead; absent or past: at once. Until then "
+                  "the notification is `scheduled` and DELETE /push/notifications/{id} cancels it. It takes from "
+                  "the daily quota of the day of the request."},
+    )
+
+
+SEND_FIELDS = {"title": _title(), "body": _body(), "data": _data(), "ttl": _ttl(), **_options(), "send_at": _send_at()}
 
 
 class SendRequest(Schema.from_dict({"user_id": fields.UUID(required=True), **SEND_FIELDS})):  # type: ignore[misc]
@@ -160,6 +170,7 @@ class NotificationSchema(Schema):
     truncated = fields.Boolean(required=True, metadata={"description": "A vendor size limit forced the body to be shortened."})
     status = fields.String(required=True, validate=validate.OneOf([s.value for s in NotificationStatus]))
     created_at = fields.AwareDateTime(required=True)
+    send_at = fields.AwareDateTime(required=True, allow_none=True, metadata={"description": "A scheduled send's time; null: at once."})
     expires_at = fields.AwareDateTime(required=True)
     deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
 
@@ -197,6 +208,11 @@ class PatientSendRequest(Schema):
     url = fields.String(
         load_default=None, validate=[validate.Length(max=2048), _storable()],
         metadata={"description": "Opened by the service worker on click; travels in the push payload."},
+    )
+    send_at = fields.AwareDateTime(
+        load_default=None, data_key="sendAt",
+        metadata={"description": "Extension (pushq's send_at): ISO 8601 with a time zone; a future one schedules the "
+                  "send and the call answers at once, every subscription `pending`."},
     )
 
 
@@ -265,6 +281,7 @@ class NotificationSummary(Schema):
     priority = fields.String(required=True)
     truncated = fields.Boolean(required=True)
     created_at = fields.AwareDateTime(required=True)
+    send_at = fields.AwareDateTime(required=True, allow_none=True)
     expires_at = fields.AwareDateTime(required=True)
 
 

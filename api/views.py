@@ -29,7 +29,7 @@ from api.schemas import (
 )
 from shared.errors import DeviceNotFound, EnrollmentNotFound, NotificationNotFound
 from shared.models import utcnow
-from shared.services import devices, enrollments, notifications, sends
+from shared.services import devices, enrollments, notifications, scheduled, sends
 
 bp = Blueprint("push", __name__)
 
@@ -167,6 +167,18 @@ def get_notification(principal: Principal, _body, notification_id: str):
     """Visible only to the app that sent it."""
     found = notifications.get_notification(db_session(), principal.app_id, parse_id(notification_id, NotificationNotFound))
     return NotificationSchema().dump(found), 200
+
+
+@endpoint(
+    bp, "/push/notifications/{notification_id}", "DELETE", summary="Cancel a scheduled notification",
+    auth="service", responses={200: StatusResponse},
+    errors={404: "Notification not found", 409: "Notification is already being sent"}, tags=["send"],
+)
+def cancel_notification(principal: Principal, _body, notification_id: str):
+    """Only while it is `scheduled` (its send_at has not come): 200 {"status": "cancelled"}, also when asked
+    again. Once released (queued, sending or final) 409. The daily quota it took is not given back."""
+    status = scheduled.cancel(db_session(), principal.app_id, parse_id(notification_id, NotificationNotFound), utcnow())
+    return StatusResponse().dump({"status": status}), 200
 
 
 @endpoint(

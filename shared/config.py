@@ -76,6 +76,20 @@ class Settings:
     # A queued notification not fanned out after this long is re-enqueued by the sweeper.
     sweep_after_seconds: int = field(default=60, metadata={"env": "PUSHQ_SWEEP_AFTER_SECONDS"})
     sweep_interval_seconds: float = field(default=30.0, metadata={"env": "PUSHQ_SWEEP_INTERVAL"})
+    # How often the scheduler releases scheduled sends whose send_at has come (a send goes out within
+    # about this plus a fan-out after its send_at; never before).
+    schedule_interval_seconds: float = field(default=1.0, metadata={"env": "PUSHQ_SCHEDULE_INTERVAL"})
+    # Housekeeping (shared/services/housekeeping.py), run by the scheduler every interval; 0 days = job off.
+    housekeeping_interval_seconds: float = field(default=3600.0, metadata={"env": "PUSHQ_HOUSEKEEPING_INTERVAL"})
+    # Final notifications (and their deliveries) older than this many days are deleted.
+    retention_days: int = field(default=30, metadata={"env": "PUSHQ_RETENTION_DAYS"})
+    # Active devices not registered again for this many days are disabled ("idle").
+    device_idle_days: int = field(default=270, metadata={"env": "PUSHQ_DEVICE_IDLE_DAYS"})
+    # OAuth clients revoked this many days ago are deleted (must outlast a token's lifetime).
+    revoked_client_days: int = field(default=30, metadata={"env": "PUSHQ_REVOKED_CLIENT_DAYS"})
+    # Rows per housekeeping statement, and statements per job per run.
+    housekeeping_batch_size: int = field(default=1000, metadata={"env": "PUSHQ_HOUSEKEEPING_BATCH_SIZE"})
+    housekeeping_max_batches: int = field(default=20, metadata={"env": "PUSHQ_HOUSEKEEPING_MAX_BATCHES"})
     # A delivery claimed by a worker that died is claimable again after this lease.
     claim_lease_seconds: int = field(default=300, metadata={"env": "PUSHQ_CLAIM_LEASE_SECONDS"})
     max_attempts: int = field(default=5, metadata={"env": "PUSHQ_MAX_ATTEMPTS"})
@@ -150,6 +164,7 @@ class Settings:
         if self.delivery_chunk_size < 1:
             raise ConfigError("PUSHQ_DELIVERY_CHUNK_SIZE must be at least 1")
         self._validate_security_limits()
+        self._validate_schedules()
         if self.push_concurrency < 1:
             raise ConfigError("PUSHQ_PUSH_CONCURRENCY must be at least 1")
         if self.log_format not in ("text", "json"):
@@ -200,6 +215,23 @@ class Settings:
         claim, equals, value = self.service_token_claim.partition("=")
         if not (claim.strip() and equals and value.strip()) or claim.strip() in _RESERVED_CLAIMS:
             raise ConfigError(f"PUSHQ_SERVICE_TOKEN_CLAIM must be name=value, the name none of {sorted(_RESERVED_CLAIMS)}")
+
+    def _validate_schedules(self) -> None:
+        """Scheduled sends and housekeeping (README "Operations")."""
+        for name, value in (("PUSHQ_SCHEDULE_INTERVAL", self.schedule_interval_seconds),
+                            ("PUSHQ_HOUSEKEEPING_INTERVAL", self.housekeeping_interval_seconds)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be more than 0 seconds")
+        for name, value in (("PUSHQ_RETENTION_DAYS", self.retention_days),
+                            ("PUSHQ_DEVICE_IDLE_DAYS", self.device_idle_days),
+                            ("PUSHQ_REVOKED_CLIENT_DAYS", self.revoked_client_days)):
+            if value < 0:
+                raise ConfigError(f"{name} must be 0 (off) or more days")
+        if self.housekeeping_batch_size < 1 or self.housekeeping_max_batches < 1:
+            raise ConfigError("PUSHQ_HOUSEKEEPING_BATCH_SIZE and PUSHQ_HOUSEKEEPING_MAX_BATCHES must be at least 1")
+        if self.revoked_client_days and self.revoked_client_days * 86_400 <= self.token_lifetime_seconds + self.jwt_leeway_seconds:
+            # Deleting a revoked client while a token of its may still verify would un-revoke that token.
+            raise ConfigError("PUSHQ_REVOKED_CLIENT_DAYS must outlast PUSHQ_TOKEN_LIFETIME_SECONDS (or be 0)")
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied and validated."""

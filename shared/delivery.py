@@ -100,7 +100,10 @@ def fan_out(
     notifications = session.execute(
         select(Notification.id, Notification.app_id, Notification.user_id, Notification.platform,
                Notification.expires_at, Notification.fanned_out_at)
-        .where(Notification.id.in_(ids))
+        # A scheduled send is fanned out only once the scheduler has released it (never before
+        # its send_at), a cancelled one never, whatever task names it.
+        .where(Notification.id.in_(ids),
+               Notification.status.not_in([NotificationStatus.SCHEDULED.value, NotificationStatus.CANCELLED.value]))
         .order_by(Notification.id)
         .with_for_update()
     ).all()

@@ -49,9 +49,9 @@ class Message:
         return cls(**{name: row[name] for name in _COLUMNS})
 
     @classmethod
-    def accepted(cls, now: datetime, ttl: int, **content: Any) -> "Message":
-        """A message accepted at ``now``: it expires ``ttl`` seconds later."""
-        return cls(expires_at=now + timedelta(seconds=ttl), ttl=ttl, **content)
+    def accepted(cls, start: datetime, ttl: int, **content: Any) -> "Message":
+        """A message that may go out from ``start`` (accepted now, or its ``send_at``): it expires ``ttl`` seconds later."""
+        return cls(expires_at=start + timedelta(seconds=ttl), ttl=ttl, **content)
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.columns()}

@@ -17,6 +17,8 @@ ALL_QUEUES = (FANOUT_QUEUE, *PLATFORM_QUEUES.values(), MAINTENANCE_QUEUE)
 FANOUT_TASK = "pushq.fanout"
 DELIVER_TASK = "pushq.deliver"
 SWEEP_TASK = "pushq.sweep"
+RELEASE_SCHEDULED_TASK = "pushq.release_scheduled"
+HOUSEKEEPING_TASK = "pushq.housekeeping"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -27,7 +29,7 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_queues=[Queue(name) for name in ALL_QUEUES],
         task_default_queue=FANOUT_QUEUE,
-        task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        task_routes={name: {"queue": MAINTENANCE_QUEUE} for name in (SWEEP_TASK, RELEASE_SCHEDULED_TASK, HOUSEKEEPING_TASK)},
         # A chunk's worst case (pushes bounded by the push deadline) stays under these, and
         # the claim lease is longer than the hard limit (Settings.validate), so no live
         # worker's deliveries are ever claimed by another.
@@ -49,6 +51,11 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds, "options": {"expires": settings.sweep_interval_seconds * 2}},
+            # Scheduled sends wait in the database; this releases the due ones (never a Celery ETA).
+            "release-scheduled": {"task": RELEASE_SCHEDULED_TASK, "schedule": settings.schedule_interval_seconds,
+                                  "options": {"expires": max(settings.schedule_interval_seconds * 2, 2.0)}},
+            "housekeeping": {"task": HOUSEKEEPING_TASK, "schedule": settings.housekeeping_interval_seconds,
+                             "options": {"expires": settings.housekeeping_interval_seconds}},
         },
         timezone="UTC",
         enable_utc=True,

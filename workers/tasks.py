@@ -24,8 +24,8 @@ from shared.models import utcnow
 from shared.observability.context import current_request_ids, set_request_ids
 from shared.outcome_bus import publish_outcomes
 from shared.outcomes import Outcome
-from shared.services import idempotency
-from workers.celery_app import DELIVER_TASK, FANOUT_TASK, SWEEP_TASK
+from shared.services import housekeeping, idempotency, scheduled
+from workers.celery_app import DELIVER_TASK, FANOUT_TASK, HOUSEKEEPING_TASK, RELEASE_SCHEDULED_TASK, SWEEP_TASK
 from workers.metrics import record_chunk
 from workers.runtime import runtime
 
@@ -104,3 +104,37 @@ def sweep(self) -> None:
         after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks))
     if notifications or chunks:
         log.info("sweep re-enqueued %d notifications, %d delivery chunks", len(notifications), len(chunks))
+
+
+@shared_task(name=RELEASE_SCHEDULED_TASK, bind=True)
+def release_scheduled(self) -> None:
+    """Release scheduled sends whose send_at has come: one fan-out task per released batch, after its commit."""
+    rt = runtime(self.app)
+    released = 0
+    for _ in range(10):  # bounded per run; a backlog beyond 10 batches waits for the next tick
+        def work(session):
+            ids = scheduled.release_due(session, utcnow())
+            after_commit(session, lambda: rt.dispatcher.enqueue_fanout(ids))
+            return ids
+
+        ids = run_in_transaction(rt.session_factory, work)
+        released += len(ids)
+        if len(ids) < scheduled.RELEASE_BATCH_SIZE:
+            break
+    if released:
+        log.info("released %d scheduled notifications", released)
+
+
+@shared_task(name=HOUSEKEEPING_TASK, bind=True)
+def housekeep(self) -> None:
+    """Delete old final notifications, disable idle devices, drop long-revoked clients: in bounded batches."""
+    rt = runtime(self.app)
+    s = rt.settings
+    policy = housekeeping.HousekeepingPolicy(
+        retention_days=s.retention_days, device_idle_days=s.device_idle_days,
+        revoked_client_days=s.revoked_client_days, batch_size=s.housekeeping_batch_size,
+        max_batches=s.housekeeping_max_batches,
+    )
+    report = housekeeping.run(rt.session_factory, utcnow(), policy)
+    log.info("housekeeping: %d notifications deleted, %d devices disabled, %d revoked clients deleted",
+             report.notifications_deleted, report.devices_disabled, report.clients_deleted)

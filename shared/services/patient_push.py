@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import redis
 
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.guards import QuotaDecision, QuotaPolicy
 from shared.outcome_bus import wait_for_outcomes, wait_slot
-from shared.models import Delivery, DeliveryStatus, Device, Platform
+from shared.models import Delivery, DeliveryStatus, Device, Platform, utcnow
 from shared.services.patients import resolve_person
 from shared.services.sends import Enqueue, SendRequest, create_notifications
 
@@ -33,6 +34,7 @@ class StartedSend:
     person_id: uuid.UUID
     subscription_ids: list[uuid.UUID]
     quota: QuotaDecision | None = None
+    scheduled: bool = False  # a future send_at: nothing to wait for now
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,12 @@ def start_patient_send(
     body: str,
     url: str | None,
     default_ttl: int,
+    send_at: datetime | None = None,
     enqueue: Enqueue,
     quota: QuotaPolicy | None = None,
     request_id: str | None = None,
 ) -> StartedSend:
-    """Resolve the patient, create a web-only notification for its person, enqueue after commit."""
+    """Resolve the patient, create a web-only notification for its person, enqueue after commit (or schedule it)."""
     person_id = resolve_person(session, app_id, patient_id)
     subscription_ids = list(
         session.scalars(
@@ -69,10 +72,12 @@ def start_patient_send(
             .order_by(Device.created_at, Device.id)
         )
     )
+    request = SendRequest(user_id=person_id, title=title, body=body, url=url, platform=Platform.WEB.value,
+                          send_at=send_at)
     accepted = create_notifications(
         session,
         app_id,
-        [SendRequest(user_id=person_id, title=title, body=body, url=url, platform=Platform.WEB.value)],
+        [request],
         default_ttl=default_ttl,
         enqueue=enqueue,
         require_enrollment=False,  # the identity mapping is what authorizes this send
@@ -81,7 +86,8 @@ def start_patient_send(
         request_id=request_id,
     )
     (notification_id,) = accepted.notification_ids
-    return StartedSend(app_id, notification_id, patient_id, person_id, subscription_ids, accepted.quota)
+    return StartedSend(app_id, notification_id, patient_id, person_id, subscription_ids, accepted.quota,
+                       scheduled=request.scheduled(utcnow()))
 
 
 def first_attempt_results(session: Session, started: StartedSend) -> list[SubscriptionResult]:

@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from shared.db import after_commit, after_rollback
-from shared.errors import DataTooLarge, UserNotEnrolled
+from shared.errors import DataTooLarge, ServiceError, UserNotEnrolled
 from shared.guards import QuotaDecision, QuotaPolicy
 from shared.message import Message, compact_json
 from shared.models import App, Notification, NotificationStatus, utcnow
@@ -44,11 +44,17 @@ class SendRequest:
     sound: str | None = None
     url: str | None = None
     platform: str | None = None  # restrict the fan-out to one platform
+    send_at: datetime | None = None  # fan out no earlier than this (aware); None or past: at once
+
+    def scheduled(self, now: datetime) -> bool:
+        """Whether this send waits in the database for its ``send_at``."""
+        return self.send_at is not None and self.send_at > now
 
     def message(self, now: datetime, default_ttl: int) -> Message:
-        """The message this request sends, accepted at ``now``."""
+        """The message this request sends, accepted at ``now``: its TTL counts from ``send_at`` when scheduled."""
         content = {name: getattr(self, name) for name in Message.columns() if name not in ("ttl", "expires_at")}
-        return Message.accepted(now, default_ttl if self.ttl is None else self.ttl, **content)
+        start = self.send_at if self.send_at is not None and self.scheduled(now) else now
+        return Message.accepted(start, default_ttl if self.ttl is None else self.ttl, **content)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,16 @@ def check_payload(request: SendRequest) -> None:
         )
 
 
+class SendAtTooFar(ServiceError):
+    status, code, message = 400, "validation_error", "Invalid request"
+
+
+def check_send_at(request: SendRequest, now: datetime) -> None:
+    """Refuse a ``send_at`` more than the maximum TTL ahead: nothing waits longer than a message may live."""
+    if request.send_at is not None and (request.send_at - now).total_seconds() > MAX_TTL_SECONDS:
+        raise SendAtTooFar(fields={"send_at": [f"Must be at most {MAX_TTL_SECONDS} seconds ahead."]})
+
+
 def create_notifications(
     session: Session,
     app_id: uuid.UUID,
@@ -102,6 +118,10 @@ def create_notifications(
     the whole call. The quota is taken only once everything else is valid and
     given back if the transaction does not commit. ``request_id`` (the API
     request's X-Request-Id) is stored with each notification for tracing.
+
+    A request with a future ``send_at`` is stored ``scheduled`` and not
+    enqueued: the scheduler releases it when due (``shared.services.scheduled``).
+    It takes from the quota of the day it was accepted, not of its ``send_at``.
     """
     checked: set[tuple[str, str | None, int]] = set()
     for request in requests:
@@ -114,6 +134,8 @@ def create_notifications(
     if missing:
         raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
     now = utcnow()
+    for request in requests:
+        check_send_at(request, now)
     decision = None
     if quota is not None:
         # Only the quota column: loading the App would decrypt every credential it holds.
@@ -126,7 +148,8 @@ def create_notifications(
             "id": uuid.uuid4(),
             "app_id": app_id,
             "user_id": request.user_id,
-            "status": NotificationStatus.QUEUED.value,
+            "status": (NotificationStatus.SCHEDULED if request.scheduled(now) else NotificationStatus.QUEUED).value,
+            "send_at": request.send_at,
             "notify_outcomes": notify_outcomes,
             "request_id": request_id,
             "created_at": now,
@@ -138,5 +161,7 @@ def create_notifications(
     # One multi-row INSERT for the whole request (SQLAlchemy's insertmanyvalues).
     session.execute(insert(Notification), rows)
     ids = [row["id"] for row in rows]
-    after_commit(session, lambda: enqueue(ids))  # one fan-out task for the whole request
+    queued = [row["id"] for row in rows if row["status"] == NotificationStatus.QUEUED.value]
+    if queued:
+        after_commit(session, lambda: enqueue(queued))  # one fan-out task for the whole request
     return Accepted(ids, decision)
