@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -177,3 +178,21 @@ def test_metrics_may_require_a_bearer_token(settings, database):
     assert refused.status_code == 401 and refused.json["error"] == "invalid_token"
     assert app.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert app.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_each_process_group_gets_an_empty_directory_and_dead_ones_are_dropped(settings, tmp_path, monkeypatch):
+    from shared.observability.metrics import ENV, claim_group_dir, release_group_dir
+
+    monkeypatch.setenv(ENV, os.environ.get(ENV, ""))  # restored after the test: claiming sets it
+    dead = 2**22 + 12345  # above Linux's largest pid: never alive
+    (tmp_path / f"worker-{dead}").mkdir()
+    (tmp_path / f"worker-{dead}" / "counter_1.db").write_bytes(b"")
+    (tmp_path / f"web-{os.getppid()}").mkdir()  # a live group's directory is kept
+    (tmp_path / f"api-{os.getpid()}").mkdir()
+    (tmp_path / f"api-{os.getpid()}" / "old.db").write_bytes(b"")  # what this pid left before: cleared
+    claimed = claim_group_dir(settings.replace(metrics_dir=str(tmp_path)), "api")
+    assert claimed == tmp_path / f"api-{os.getpid()}" and os.environ[ENV] == str(claimed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"api-{os.getpid()}", f"web-{os.getppid()}"])
+    assert list(claimed.iterdir()) == []
+    release_group_dir(claimed)
+    assert not claimed.exists()
