@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgresql+psycopg2://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: run test install demo migrate bench lint clean help
+.PHONY: run test install demo migrate bench lint clean help fault
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +26,9 @@ run: $(STAMP)  ## Start API + worker + scheduler (embedded Redis and SQLite unle
 test: $(STAMP)  ## Migrate a test database and run the whole suite against real PostgreSQL/Redis/Celery
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/alembic upgrade head
 	$(BIN)/pytest
+
+fault: $(STAMP)  ## Only the fault suite (worker kills, broker/database restarts, bad vendors; part of `make test`)
+	$(BIN)/pytest -m fault
 
 demo: $(STAMP)  ## With `make run` running: send one notification end to end and print it decrypted
 	$(BIN)/pushq demo

@@ -12,7 +12,15 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz():
-    """Ready when the database answers and the broker accepts a connection."""
+    """Liveness: the process serves requests. Checks nothing else, so an orchestrator does not
+    restart every API process because PostgreSQL or the broker is away (that is /readyz)."""
+    return {"status": "ok"}, 200
+
+
+@bp.get("/readyz")
+def readyz():
+    """Readiness: 200 when the database answers and the broker accepts a connection, 503 otherwise
+    (a load balancer then stops sending traffic here until both are back)."""
     state = current_app.extensions["pushq"]
     checks = {}
     try:
@@ -22,7 +30,7 @@ def healthz():
         checks["database"] = f"error: {type(exc).__name__}"
     try:
         with state.dispatcher.celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1)
+            connection.ensure_connection(max_retries=1, timeout=2)
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"error: {type(exc).__name__}"

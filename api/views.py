@@ -27,6 +27,7 @@ from api.schemas import (
     SendRequest,
     StatusResponse,
 )
+from shared.backlog import backpressure_headers
 from shared.errors import DeviceNotFound, EnrollmentNotFound, NotificationNotFound
 from shared.models import utcnow
 from shared.services import devices, enrollments, notifications, scheduled, sends
@@ -94,6 +95,7 @@ def _create(principal: Principal, requests: list[sends.SendRequest]) -> tuple[li
         request_id=current_request_id(),
     )
     headers = accepted.quota.headers(utcnow()) if accepted.quota else {}
+    headers.update(backpressure_headers(pushq.redis, pushq.settings.backpressure_threshold))
     return accepted.notification_ids, headers
 
 

@@ -76,6 +76,9 @@ class Settings:
     # A queued notification not fanned out after this long is re-enqueued by the sweeper.
     sweep_after_seconds: int = field(default=60, metadata={"env": "PUSHQ_SWEEP_AFTER_SECONDS"})
     sweep_interval_seconds: float = field(default=30.0, metadata={"env": "PUSHQ_SWEEP_INTERVAL"})
+    # Backpressure: with more deliveries than this waiting for a worker (as the last sweep counted),
+    # send answers carry X-Queue-Backlog and X-Queue-Delay; the work is still accepted and stored.
+    backpressure_threshold: int = field(default=10_000, metadata={"env": "PUSHQ_BACKPRESSURE_THRESHOLD"})
     # How often the scheduler releases scheduled sends whose send_at has come (a send goes out within
     # about this plus a fan-out after its send_at; never before).
     schedule_interval_seconds: float = field(default=1.0, metadata={"env": "PUSHQ_SCHEDULE_INTERVAL"})

@@ -23,7 +23,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Collection, Iterable, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from sqlalchemy import and_, bindparam, case, exists, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session, aliased
@@ -510,25 +510,36 @@ def refresh_statuses(
     )
 
 
-def stale_queued_notifications(session: Session, now: datetime, older_than_seconds: int, limit: int = 1000) -> list[uuid.UUID]:
+def stale_queued_notifications(
+    session: Session, now: datetime, older_than_seconds: int, limit: int = 1000, *, lost_before: datetime | None = None
+) -> list[uuid.UUID]:
     """Notifications committed but never fanned out (their enqueue was lost)."""
-    cutoff = now - timedelta(seconds=older_than_seconds)
-    return list(
+    # The sweep passes its cutoff for the fan-out queue (shared/backlog.py: lost, not merely
+    # waiting behind others); each notification returned is stamped, so it counts as enqueued
+    # again from now and the next sweep leaves it alone while it waits in the queue.
+    cutoff = lost_before if lost_before is not None else now - timedelta(seconds=older_than_seconds)
+    ids = list(
         session.scalars(
             select(Notification.id)
             .where(
                 Notification.status == NotificationStatus.QUEUED.value,
                 Notification.fanned_out_at.is_(None),
-                Notification.created_at < cutoff,
+                Notification.updated_at < cutoff,
             )
             .order_by(Notification.created_at)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
     )
+    if ids:
+        session.execute(update(Notification).where(Notification.id.in_(ids)).values(updated_at=now)
+                        .execution_options(synchronize_session=False))
+    return ids
 
 
 def release_due_deliveries(
-    session: Session, now: datetime, stale_pending_seconds: int, lease_seconds: int, chunk_size: int
+    session: Session, now: datetime, stale_pending_seconds: int, lease_seconds: int, chunk_size: int,
+    *, lost_before: Mapping[str, datetime] | None = None,
 ) -> list[Chunk]:
     """Make due work pending again and return it in chunks, to be enqueued after commit.
 
@@ -536,13 +547,23 @@ def release_due_deliveries(
     (untouched for ``stale_pending_seconds``), and claims whose lease ran out
     (their worker died mid-send). Touching ``updated_at`` keeps the next sweep
     from enqueueing the same delivery again while it waits in the queue.
+    ``lost_before`` (per platform, from the sweep's look at each queue: see
+    shared/backlog.py) narrows "untouched" to "lost": a pending delivery still
+    waiting its turn in a deep queue is left alone.
     """
+    stale_pending: Any = now - timedelta(seconds=stale_pending_seconds)
+    if lost_before:
+        stale_pending = case(
+            *((Delivery.platform == platform, literal(cutoff, Delivery.updated_at.type))
+              for platform, cutoff in sorted(lost_before.items())),
+            else_=literal(stale_pending, Delivery.updated_at.type),
+        )
     # One statement per kind, each served by the (status, next_attempt_at) index's status prefix.
     due_kinds = (
         and_(Delivery.status == DeliveryStatus.RETRYING.value, Delivery.next_attempt_at <= now),
         and_(
             Delivery.status == DeliveryStatus.PENDING.value,
-            Delivery.updated_at < now - timedelta(seconds=stale_pending_seconds),
+            Delivery.updated_at < stale_pending,
         ),
         and_(
             Delivery.status == DeliveryStatus.SENDING.value,

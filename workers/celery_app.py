@@ -6,6 +6,7 @@ from celery import Celery
 from kombu import Queue
 
 from shared.config import Settings
+from workers.broker import is_amqp
 
 FANOUT_QUEUE = "fanout"
 MAINTENANCE_QUEUE = "maintenance"
@@ -21,13 +22,30 @@ RELEASE_SCHEDULED_TASK = "pushq.release_scheduled"
 HOUSEKEEPING_TASK = "pushq.housekeeping"
 
 
+def queue_options(broker_url: str) -> dict:
+    """RabbitMQ: durable quorum queues (replicated, kept on disk, survive a broker restart)."""
+    if is_amqp(broker_url):
+        return {"durable": True, "queue_arguments": {"x-queue-type": "quorum"}}
+    return {}
+
+
+def transport_options(broker_url: str) -> dict:
+    """RabbitMQ: publisher confirms (a publish returns once the broker has the message).
+    Redis: never park long waits in the broker (it redelivers ETA tasks after the
+    visibility timeout): retries and schedules live in the database."""
+    if is_amqp(broker_url):
+        return {"confirm_publish": True}
+    return {"visibility_timeout": 3600}
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for ``settings``; importing this module builds nothing."""
     if not settings.redis_url:
         raise ValueError("REDIS_URL is not set (pushq run starts an embedded Redis when it is missing)")
-    app = Celery("pushq", broker=settings.broker_url or settings.redis_url, set_as_current=False)
+    broker_url = settings.broker_url or settings.redis_url
+    app = Celery("pushq", broker=broker_url, set_as_current=False)
     app.conf.update(
-        task_queues=[Queue(name) for name in ALL_QUEUES],
+        task_queues=[Queue(name, **queue_options(broker_url)) for name in ALL_QUEUES],
         task_default_queue=FANOUT_QUEUE,
         task_routes={name: {"queue": MAINTENANCE_QUEUE} for name in (SWEEP_TASK, RELEASE_SCHEDULED_TASK, HOUSEKEEPING_TASK)},
         # A chunk's worst case (pushes bounded by the push deadline) stays under these, and
@@ -44,10 +62,16 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        # Never park long waits in the broker (Redis redelivers ETA tasks after
-        # the visibility timeout): retries and schedules live in the database.
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options=transport_options(broker_url),
         broker_connection_retry_on_startup=True,
+        # Workers ride out a broker outage (a restart, a failover) however long: they keep
+        # reconnecting instead of exiting after Celery's default 100 attempts.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        broker_connection_timeout=4,
+        # The API publishes after its commit; with the broker away it gives up quickly (the
+        # request is answered, the work is stored) and the sweep enqueues it later.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds, "options": {"expires": settings.sweep_interval_seconds * 2}},

@@ -2,6 +2,9 @@
 
 Uses ``send_task`` by name so the API never imports task code. Celery keeps one
 broker connection per process in its producer pool, so every enqueue reuses it.
+Every task carries its publish time (``enqueued_at``): the workers record how far
+each queue has got, so the sweep can tell lost work from work still waiting
+(shared/backlog.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from celery import Celery
 
 from shared.delivery import Chunk
 from shared.observability.context import task_headers
+from workers.broker import now_timestamp
 from workers.celery_app import DELIVER_TASK, FANOUT_QUEUE, FANOUT_TASK, PLATFORM_QUEUES
 
 
@@ -26,12 +30,13 @@ class Dispatcher:
         ``request_ids`` travel in the message headers, for the workers' log lines.
         """
         if notification_ids:
-            self.celery.send_task(FANOUT_TASK, args=[[str(i) for i in notification_ids]], headers=task_headers(request_ids), queue=FANOUT_QUEUE)
+            self.celery.send_task(FANOUT_TASK, args=[[str(i) for i in notification_ids]], headers=task_headers(request_ids),
+                                  kwargs={"enqueued_at": now_timestamp()}, queue=FANOUT_QUEUE)
 
     def enqueue_chunks(self, chunks: Iterable[Chunk], request_ids: Sequence[str] = ()) -> None:
         """One deliver task per chunk (one platform and app, up to PUSHQ_DELIVERY_CHUNK_SIZE deliveries)."""
         for chunk in chunks:
             self.celery.send_task(
                 DELIVER_TASK, args=[chunk.platform, [str(i) for i in chunk.delivery_ids]], headers=task_headers(request_ids),
-                queue=PLATFORM_QUEUES[chunk.platform],
+                kwargs={"enqueued_at": now_timestamp()}, queue=PLATFORM_QUEUES[chunk.platform],
             )

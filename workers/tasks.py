@@ -12,6 +12,7 @@ import uuid
 from celery import shared_task
 from redis.exceptions import RedisError
 
+from shared.backlog import lost_before, queued_deliveries, try_sweep_lock
 from shared.db import after_commit, run_in_transaction, session_scope
 from shared.delivery import (
     claim_chunk,
@@ -26,6 +27,8 @@ from shared.outcome_bus import publish_outcomes
 from shared.outcomes import Outcome
 from shared.services import housekeeping, idempotency, scheduled
 from workers.celery_app import DELIVER_TASK, FANOUT_TASK, HOUSEKEEPING_TASK, RELEASE_SCHEDULED_TASK, SWEEP_TASK
+from workers.broker import probe_queues, publish_backlog, record_progress
+from workers.celery_app import FANOUT_QUEUE, PLATFORM_QUEUES
 from workers.metrics import record_chunk
 from workers.runtime import runtime
 
@@ -33,8 +36,11 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(name=FANOUT_TASK, bind=True)
-def fanout(self, notification_ids: list[str] | str) -> None:
-    """Fan out a batch of notifications (all of one request) and enqueue their delivery chunks."""
+def fanout(self, notification_ids: list[str] | str, enqueued_at: float | None = None) -> None:
+    """Fan out a batch of notifications (all of one request) and enqueue their delivery chunks.
+
+    ``enqueued_at`` (the publish time) moves the fan-out queue's head for the sweep.
+    """
     rt = runtime(self.app)
     ids = [uuid.UUID(i) for i in ([notification_ids] if isinstance(notification_ids, str) else notification_ids)]
 
@@ -47,11 +53,15 @@ def fanout(self, notification_ids: list[str] | str) -> None:
     chunks = run_in_transaction(rt.session_factory, work)
     log.info("fanned out %d notifications into %d chunks (%d deliveries)",
              len(ids), len(chunks), sum(len(c.delivery_ids) for c in chunks))
+    record_progress(rt.redis, FANOUT_QUEUE, enqueued_at, 0)
 
 
 @shared_task(name=DELIVER_TASK, bind=True)
-def deliver(self, platform: str, delivery_ids: list[str]) -> None:
-    """Claim a chunk, push it concurrently, write its outcomes: a handful of statements per chunk."""
+def deliver(self, platform: str, delivery_ids: list[str], enqueued_at: float | None = None) -> None:
+    """Claim a chunk, push it concurrently, write its outcomes: a handful of statements per chunk.
+
+    ``enqueued_at`` (the publish time) moves the platform queue's head for the sweep.
+    """
     rt = runtime(self.app)
     s = rt.settings
     adapter = rt.adapters[platform]
@@ -64,6 +74,7 @@ def deliver(self, platform: str, delivery_ids: list[str]) -> None:
     if not claim.deliveries:
         log.info("nothing to deliver among %d %s deliveries (%d closed at claim)", len(ids), platform, claim.closed)
         record_chunk(platform, [], claim.closed, adapter)
+        record_progress(rt.redis, PLATFORM_QUEUES[platform], enqueued_at, claim.closed)
         return
     # The claim is committed: a redelivered copy of this task cannot push these again.
     credentials = rt.credentials.get_many(claim.app_versions)
@@ -87,21 +98,37 @@ def deliver(self, platform: str, delivery_ids: list[str]) -> None:
             log.warning("could not announce outcomes of %d notifications: %s", len(awaited), type(exc).__name__)
     record_chunk(platform, results, claim.closed, adapter)  # counts per chunk, not per delivery
     log.info("delivered %d %s deliveries (%d written, %d closed at claim)", len(results), platform, written, claim.closed)
+    record_progress(rt.redis, PLATFORM_QUEUES[platform], enqueued_at, written + claim.closed)
 
 
 @shared_task(name=SWEEP_TASK, bind=True)
 def sweep(self) -> None:
-    """Re-enqueue what was accepted but never picked up and retries that are due; drop expired idempotency keys."""
+    """Re-enqueue what was lost (never what still waits in its queue) and retries that are due.
+
+    Also measures the delivery backlog for the API's backpressure headers and drops expired
+    idempotency keys. One sweep at a time: a second scheduler's sweep (two beats running by
+    mistake) finds the lock taken and does nothing.
+    """
     rt = runtime(self.app)
     s = rt.settings
+    queues = probe_queues(self.app, [FANOUT_QUEUE, *PLATFORM_QUEUES.values()], rt.redis)
     with session_scope(rt.session_factory) as session:
+        if not try_sweep_lock(session):
+            log.info("another sweep is running; this one does nothing")
+            return
         now = utcnow()
-        notifications = stale_queued_notifications(session, now, s.sweep_after_seconds)
+        lost = {platform: lost_before(now, s.sweep_after_seconds, queues.get(queue))
+                for platform, queue in PLATFORM_QUEUES.items()}
+        notifications = stale_queued_notifications(
+            session, now, s.sweep_after_seconds, lost_before=lost_before(now, s.sweep_after_seconds, queues.get(FANOUT_QUEUE))
+        )
         chunks = release_due_deliveries(session, now, s.sweep_after_seconds, s.claim_lease_seconds,
-                                        s.delivery_chunk_size)
+                                        s.delivery_chunk_size, lost_before=lost)
         idempotency.purge_expired(session, now, s.idempotency_ttl_seconds)
+        queued = queued_deliveries(session)
         after_commit(session, lambda: rt.dispatcher.enqueue_fanout(notifications))
         after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks))
+    publish_backlog(rt.redis, queued)
     if notifications or chunks:
         log.info("sweep re-enqueued %d notifications, %d delivery chunks", len(notifications), len(chunks))
 
