@@ -22,7 +22,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
-from api.auth import SEND_SCOPE, AuthError, Principal
+from api.auth import AuthError, Principal
+from shared.token_signing import SEND_SCOPE
 from shared.errors import ServiceError
 from shared.guards import QuotaExceeded
 from shared.models import utcnow

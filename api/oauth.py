@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, fields
 
-from api.auth import TokenIssuer
+from shared.token_signing import TokenIssuer
 from api.http import db_session, endpoint
 from shared.guards import TooManyFailedAuthentications
 from shared.services import clients

@@ -343,7 +343,7 @@ def fcm_tokens(n: int) -> list[str]:
 
 
 def service_headers(ctx: Context, app_id: uuid.UUID) -> dict[str, str]:
-    from api.auth import mint_token
+    from shared.token_signing import mint_token
 
     token = mint_token(ctx.settings, subject="bench", app_id=app_id, scopes=("push:send",), lifetime_seconds=6 * 3600)
     return {"Authorization": f"Bearer {token}"}

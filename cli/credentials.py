@@ -11,6 +11,7 @@ import click
 
 from cli.common import CONTEXT_SETTINGS, cli_session, load_settings, service_errors
 from shared import crypto
+from shared.services import key_rotation
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -78,7 +79,7 @@ def rotate_keys_command(batch_size: int) -> None:
     """
     try:
         with cli_session() as session:
-            report = crypto.rotate(session, batch_size=batch_size)
+            report = key_rotation.rotate(session, batch_size=batch_size)
     except crypto.UndecryptableValue as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(dataclasses.asdict(report), indent=2))

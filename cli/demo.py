@@ -41,7 +41,7 @@ def run_demo(settings: Settings, api_url: str, timeout: float = 30.0) -> dict[st
     """Register a subscription, send to it through ``api_url``, return what the push service decrypted."""
     import requests
 
-    from api.auth import mint_token
+    from shared.token_signing import mint_token
     from shared.db import make_engine, make_session_factory, session_scope
     from shared.services.apps import create_app
     from shared.services.enrollments import enroll

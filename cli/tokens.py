@@ -21,7 +21,7 @@ def tokens() -> None:
 @click.option("--private-key", type=click.File(), help="PEM private key for RS*/ES* deployments.")
 def token_user(user_id: uuid.UUID, lifetime: int, private_key: IO[str] | None) -> None:
     """A user token (sub = USER_ID) for device registration."""
-    from api.auth import mint_token
+    from shared.token_signing import mint_token
 
     settings = load_settings()
     click.echo(mint_token(settings, subject=str(user_id), lifetime_seconds=lifetime,
@@ -37,7 +37,7 @@ def token_user(user_id: uuid.UUID, lifetime: int, private_key: IO[str] | None) -
 def token_service(app_id: uuid.UUID, scopes: tuple[str, ...], client_id: str, lifetime: int,
                   private_key: IO[str] | None) -> None:
     """A service (client-credentials) token acting for APP_ID, with the service-token claim."""
-    from api.auth import mint_token
+    from shared.token_signing import mint_token
 
     settings = load_settings()
     click.echo(mint_token(settings, subject=client_id, app_id=app_id, scopes=scopes, lifetime_seconds=lifetime,

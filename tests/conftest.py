@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.serving import make_server
 
 from api.app import create_app
-from api.auth import mint_token
+from shared.token_signing import mint_token
 from shared import crypto
 from shared.schema import migrate
 from shared.config import Settings

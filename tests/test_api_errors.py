@@ -14,7 +14,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from api.auth import mint_token
+from shared.token_signing import mint_token
 from shared.models import Device, Notification
 
 MAX_TTL = 28 * 24 * 3600

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import func, select
 
-from api.auth import AuthError, TokenVerifier, mint_token
+from api.auth import AuthError, TokenVerifier
+from shared.token_signing import mint_token
 from shared.config import ConfigError, Settings
 from shared.models import Device, Notification
 

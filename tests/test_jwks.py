@@ -27,7 +27,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.warnings import InsecureKeyLengthWarning
 
 from api.app import create_app
-from api.auth import JWKS_REFETCH_INTERVAL_SECONDS, AuthError, TokenVerifier, public_jwk
+from api.auth import JWKS_REFETCH_INTERVAL_SECONDS, AuthError, TokenVerifier
+from shared.token_signing import public_jwk
 from shared.config import Settings
 from shared.db import session_scope
 from shared.services import clients

@@ -26,7 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from api.app import create_app
-from api.auth import REVOKED_CLIENTS_REFRESH_SECONDS, RevokedClients, TokenVerifier, mint_token
+from api.auth import REVOKED_CLIENTS_REFRESH_SECONDS, RevokedClients, TokenVerifier
+from shared.token_signing import mint_token
 from cli import main as cli
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_scope
