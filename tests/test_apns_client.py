@@ -8,6 +8,7 @@ fails when an aioapns release moves what the fixes reach into.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import importlib.metadata
 import inspect
@@ -99,8 +100,13 @@ def test_the_aioapns_internals_pushq_relies_on_are_there():
                   "self.inactivity_timer:"):
         assert state in source, state
     assert hasattr(ChannelPool(5), "_waiters")  # asyncio.Semaphore's queue, read to pick the least busy connection
-    client = APNs(key=KEYS.private_pem, key_id=KEY_ID, team_id=TEAM_ID, topic=BUNDLE_ID, use_sandbox=True)
-    assert client.pool.connections == [] and client.pool.protocol_class is not None
+
+    async def pool_state() -> tuple[object, object]:  # aioapns builds its pool on a running loop
+        client = APNs(key=KEYS.private_pem, key_id=KEY_ID, team_id=TEAM_ID, topic=BUNDLE_ID, use_sandbox=True)
+        return client.pool.connections, client.pool.protocol_class
+
+    connections, protocol_class = asyncio.run(pool_state())
+    assert connections == [] and protocol_class is not None
 
 
 @pytest.mark.parametrize("late_reason", [None, "BadDeviceToken"])
