@@ -18,7 +18,8 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import session_scope
+from api.http import db_session
+from shared.db import after_commit, session_scope
 from shared.models import Delivery, DeliveryStatus, Notification, NotificationStatus, utcnow
 from shared.observability.context import accept_request_id, reset_request_ids, set_request_ids
 from shared.observability.metrics import exposition, host_registry, join_group_dir, metrics
@@ -64,16 +65,21 @@ def route_label() -> str:
     return request.url_rule.rule if request.url_rule is not None else UNMATCHED
 
 
-def accepted_enqueue(dispatcher: Dispatcher) -> Callable[[Sequence[uuid.UUID]], None]:
-    """The after-commit enqueue for a send: counts the accepted notifications, then enqueues their
-    fan-out with this request's id in the task headers. Runs only once the notifications are committed."""
-    endpoint, request_id = route_label(), current_request_id()
+def enqueue_with_request_id(dispatcher: Dispatcher) -> Callable[[Sequence[uuid.UUID]], None]:
+    """The after-commit enqueue for a send: its fan-out task carries this request's id in its headers."""
+    request_id = current_request_id()
 
     def enqueue(notification_ids: Sequence[uuid.UUID]) -> None:
-        metrics().accepted.labels(endpoint).inc(len(notification_ids))
         dispatcher.enqueue_fanout(notification_ids, request_ids=(request_id,))
 
     return enqueue
+
+
+def count_accepted(count: int) -> None:
+    """Count ``count`` notifications accepted by this endpoint once the request's transaction commits
+    (scheduled sends included; a rolled-back request counts nothing)."""
+    endpoint = route_label()
+    after_commit(db_session(), lambda: metrics().accepted.labels(endpoint).inc(count))
 
 
 def _start_request() -> None:

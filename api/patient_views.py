@@ -6,7 +6,7 @@ from flask import Blueprint, current_app
 
 from api.auth import Principal
 from api.http import commit_request_session, db_session, endpoint, parse_id, remember_response
-from api.metrics import accepted_enqueue, current_request_id
+from api.metrics import count_accepted, current_request_id, enqueue_with_request_id
 from api.schemas import (
     BulkMappingRequest,
     BulkMappingResponse,
@@ -40,10 +40,12 @@ def patient_send(principal: Principal, body: dict, **_):
     state = current_app.extensions["pushq"]
     started = patient_push.start_patient_send(
         db_session(), principal.app_id, body["patient_id"], title=body["title"], body=body["body"], url=body["url"],
-        default_ttl=state.settings.default_ttl_seconds, enqueue=accepted_enqueue(state.dispatcher), quota=state.quota,
+        default_ttl=state.settings.default_ttl_seconds, enqueue=enqueue_with_request_id(state.dispatcher),
+        quota=state.quota,
         request_id=current_request_id(),
         send_at=body["send_at"],
     )
+    count_accepted(1)  # once committed
     pending = [patient_push.SubscriptionResult(i, patient_push.PENDING, "") for i in started.subscription_ids]
     if started.scheduled:  # nothing goes out before sendAt: nothing to wait for
         headers = started.quota.headers(utcnow()) if started.quota else {}

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app
 
 from api.auth import Principal
 from api.http import db_session, endpoint, parse_id
-from api.metrics import accepted_enqueue, current_request_id
+from api.metrics import count_accepted, current_request_id, enqueue_with_request_id
 from api.schemas import (
     BatchSendRequest,
     DeviceListQuery,
@@ -90,10 +90,11 @@ def _create(principal: Principal, requests: list[sends.SendRequest]) -> tuple[li
         principal.app_id,
         requests,
         default_ttl=pushq.settings.default_ttl_seconds,
-        enqueue=accepted_enqueue(pushq.dispatcher),  # counts them and carries the request id, after commit
+        enqueue=enqueue_with_request_id(pushq.dispatcher),
         quota=pushq.quota,
         request_id=current_request_id(),
     )
+    count_accepted(len(accepted.notification_ids))  # once committed
     headers = accepted.quota.headers(utcnow()) if accepted.quota else {}
     headers.update(backpressure_headers(pushq.redis, pushq.settings.backpressure_threshold))
     return accepted.notification_ids, headers
