@@ -59,11 +59,12 @@ from bench.launch import (
     start_webpush,
 )
 from bench.procs import BenchError, Child, Processes, free_port, install_signal_handlers, wait_until
+from workers.celery_app import ALL_QUEUES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
-QUEUES = "fanout,webpush,apns,fcm,maintenance"
+QUEUES = ",".join(ALL_QUEUES)
 OPEN_STATUSES = ("pending", "sending", "retrying")
 BULK_SIZE = 500
 TITLE = "Your shift starts in 30 min"
@@ -447,7 +448,8 @@ def start_service(ctx: Context) -> None:
     """gunicorn (2 workers, threaded as in the Procfile), one Celery worker (concurrency 2, every queue) and beat."""
     port = free_port()
     ctx.api_url = f"http://127.0.0.1:{port}"
-    api = ctx.procs.start("api", [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread",
+    api = ctx.procs.start("api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
+                                  "--workers", "2", "--worker-class", "gthread",
                                   "--threads", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "60", "api.wsgi:app"])
 
     def healthy() -> bool:

@@ -47,13 +47,16 @@ def run(host: str, port: int, concurrency: int) -> None:
     click.echo(f"pushq: database {settings.database_url}")
     migrate(settings.database_url)
     DEV_DIR.mkdir(exist_ok=True)
+    from workers.celery_app import ALL_QUEUES
+
     bin_dir = Path(sys.executable).parent
     processes = {
         # Threaded workers: a request waiting on the push services (POST /v1/push/send) holds a thread, not a process.
-        "api": [str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}", "--workers", "2", "--worker-class", "gthread",
+        "api": [str(bin_dir / "gunicorn"), "--config", "python:api.gunicorn_conf", "--bind", f"{host}:{port}",
+                "--workers", "2", "--worker-class", "gthread",
                 "--threads", "8", "--access-logfile", "-", "api.wsgi:app"],
         "worker": [str(bin_dir / "celery"), "-A", "workers.main", "worker", "--loglevel", "INFO",
-                   "--concurrency", str(concurrency), "-Q", "fanout,webpush,apns,fcm,maintenance"],
+                   "--concurrency", str(concurrency), "-Q", ",".join(ALL_QUEUES)],
         "scheduler": [str(bin_dir / "celery"), "-A", "workers.main", "beat", "--loglevel", "INFO",
                       "--schedule", str(DEV_DIR / "celerybeat-schedule")],
     }

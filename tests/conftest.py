@@ -42,6 +42,7 @@ from shared.services.enrollments import enroll
 from standins.apns import ApnsStandin
 from standins.fcm import FcmStandin
 from standins.webpush import WebPushStandin
+from workers.celery_app import ALL_QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
@@ -207,7 +208,7 @@ def start_worker(env: dict[str, str], log_path: Path, schedule: Path) -> subproc
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-B", "-s", str(schedule),
          "--pool", "prefork", "--concurrency", "3", "--loglevel", "INFO",
-         "-Q", "fanout,webpush,apns,fcm,maintenance", "--without-gossip", "--without-mingle"],
+         "-Q", ",".join(ALL_QUEUES), "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     process.log_path, process.log_file = log_path, log_file  # type: ignore[attr-defined]
