@@ -10,66 +10,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
-import threading
-import time
-import uuid
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 import pytest
 import redis
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
-from werkzeug.serving import make_server
 
 from api.app import create_app
-from shared.token_signing import mint_token
 from shared import crypto
-from shared.schema import migrate
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.models import Base
-from shared.services.apps import create_app as create_push_app
-from shared.services.apps import set_apns_credentials, set_fcm_credentials
-from shared.services.enrollments import enroll
+from shared.db import make_engine, make_session_factory
+from shared.schema import migrate
 from standins.apns import ApnsStandin
 from standins.fcm import FcmStandin
 from standins.webpush import WebPushStandin
-from workers.celery_app import ALL_QUEUES
-
-ROOT = Path(__file__).resolve().parent.parent
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-# Settings the worker subprocess and the in-process API share.
-TEST_ENV = {
-    "DATABASE_URL": TEST_DATABASE_URL,
-    "REDIS_URL": TEST_REDIS_URL,
-    "JWT_SECRET": "test-secret-not-for-production-0123456789",
-    "JWT_ALGORITHMS": "HS256",
-    "JWT_ISSUER": "pushq-tests",
-    "JWT_AUDIENCE": "pushq",
-    "PUSHQ_ALLOW_HTTP_ENDPOINTS": "1",
-    "PUSHQ_SWEEP_INTERVAL": "0.5",
-    "PUSHQ_SWEEP_AFTER_SECONDS": "3",
-    "PUSHQ_RETRY_BASE_SECONDS": "0.2",
-    "PUSHQ_RETRY_MAX_SECONDS": "1",
-    "PUSHQ_MAX_ATTEMPTS": "3",
-    "PUSHQ_VENDOR_CONNECT_TIMEOUT": "2",
-    "PUSHQ_VENDOR_READ_TIMEOUT": "3",
-    "PUSHQ_LOG_LEVEL": "INFO",
-    "PUSHQ_FANOUT_WAIT_SECONDS": "10",
-    # Secrets at rest: fixed test keys (a Fernet key, and an HMAC key of 32+ bytes).
-    "PUSHQ_ENCRYPTION_KEYS": "udalwLV3Xwyir7WlZRUceIgPv7dzPe1gowd4EZC3FAM=",
-    "PUSHQ_TOKEN_HASH_KEY": "test-token-hash-key-not-for-production-0123456789",
-}
+from tests.support.harness import ROOT, TEST_ENV, LiveServer, Tenant, start_worker, truncate_all
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -89,7 +47,7 @@ def database(settings: Settings) -> Iterator[None]:
         connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     migrate(settings.database_url)
-    yield
+    return
 
 
 @pytest.fixture(scope="session")
@@ -111,22 +69,6 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
-def truncate_all(engine, attempts: int = 10) -> None:
-    """Empty every table. The worker may still be finishing the previous test's tasks
-    (or the scheduler sweeping), so a deadlock with it is retried rather than failed."""
-    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    for attempt in range(attempts):
-        try:
-            with engine.begin() as connection:
-                connection.execute(text("SET LOCAL lock_timeout = '5s'"))
-                connection.execute(text(f"TRUNCATE {tables} CASCADE"))
-            return
-        except OperationalError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2)
-
-
 @pytest.fixture(autouse=True)
 def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     """Truncate every table (and empty the test Redis db) before each test that uses them."""
@@ -135,7 +77,7 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         truncate_all(request.getfixturevalue("engine"))
         # Quota counters, rate-limit windows and leftover tasks of the previous test.
         request.getfixturevalue("redis_client").flushdb()
-    yield
+    return
 
 
 @pytest.fixture(scope="session")
@@ -147,21 +89,6 @@ def flask_app(settings: Settings, database: None):
 def client(flask_app):
     """Flask's test client: the whole WSGI stack, without a socket (for validation tests)."""
     return flask_app.test_client()
-
-
-class LiveServer:
-    def __init__(self, app) -> None:
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> "LiveServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="session")
@@ -200,25 +127,6 @@ def fcm_standin() -> Iterator[FcmStandin]:
 def fcm_service(fcm_standin: FcmStandin) -> FcmStandin:
     fcm_standin.reset()
     return fcm_standin
-
-
-def start_worker(env: dict[str, str], log_path: Path, schedule: Path) -> subprocess.Popen:
-    """``celery -A workers.main worker -B`` as production runs it, in its own process group; waits until ready."""
-    log_file = open(log_path, "w")  # noqa: SIM115 - closed by whoever stops the worker
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-B", "-s", str(schedule),
-         "--pool", "prefork", "--concurrency", "3", "--loglevel", "INFO",
-         "-Q", ",".join(ALL_QUEUES), "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    process.log_path, process.log_file = log_path, log_file  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 60
-    while "ready." not in log_path.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            log_file.close()
-            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.1)
-    return process
 
 
 @pytest.fixture(scope="session")
@@ -270,46 +178,6 @@ def push_service(webpush_service: WebPushStandin) -> WebPushStandin:
     return webpush_service
 
 
-class Tenant:
-    """An app with helpers to act as its service and as its users."""
-
-    def __init__(self, settings: Settings, session_factory, name: str = "test app") -> None:
-        self.settings = settings
-        self.session_factory = session_factory
-        with session_scope(session_factory) as session:
-            app = create_push_app(session, name, "mailto:ops@example.com")
-        self.id: uuid.UUID = app.id
-        self.vapid_public_key: str = app.vapid_public_key
-
-    def service_headers(self, scopes: tuple[str, ...] = ("push:send",), **kwargs: Any) -> dict[str, str]:
-        token = mint_token(self.settings, subject="svc", app_id=self.id, scopes=scopes, **kwargs)
-        return {"Authorization": f"Bearer {token}"}
-
-    def user_headers(self, user_id: uuid.UUID, **kwargs: Any) -> dict[str, str]:
-        return {"Authorization": f"Bearer {mint_token(self.settings, subject=str(user_id), **kwargs)}"}
-
-    def configure_apns(self, apns: ApnsStandin, *, sandbox: bool = True) -> None:
-        """Give the app an APNs key the stand-in trusts."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-        team_id, key_id = "TEAM123456", uuid.uuid4().hex[:10].upper()
-        apns.register_key(team_id, key_id, pem)
-        with session_scope(self.session_factory) as session:
-            set_apns_credentials(session, self.id, private_key_pem=pem, key_id=key_id, team_id=team_id,
-                                 bundle_id="com.example.app", use_sandbox=sandbox)
-
-    def configure_fcm(self, fcm: FcmStandin, project_id: str = "pushq-test") -> None:
-        """Give the app a service account the stand-in trusts."""
-        with session_scope(self.session_factory) as session:
-            set_fcm_credentials(session, self.id, json.dumps(fcm.new_service_account(project_id)),
-                                fcm_base_url=fcm.base_url)
-
-    def enroll(self, *user_ids: uuid.UUID) -> None:
-        with session_scope(self.session_factory) as session:
-            enroll(session, self.id, user_ids)
-
-
 @pytest.fixture
 def tenant(settings: Settings, session_factory) -> Tenant:
     return Tenant(settings, session_factory)
@@ -318,3 +186,24 @@ def tenant(settings: Settings, session_factory) -> Tenant:
 @pytest.fixture
 def other_tenant(settings: Settings, session_factory) -> Tenant:
     return Tenant(settings, session_factory, "other app")
+
+
+# -- tiers ---------------------------------------------------------------------------------
+# tests/unit: no services (rules, schemas, adapters and wire clients against in-process
+# stand-ins); tests/integration: PostgreSQL and Redis; tests/e2e: HTTP, worker subprocesses,
+# stand-ins. The marker comes from the directory; `make test-fast` runs `-m unit`.
+TIERS = ("unit", "integration", "e2e")
+SERVICE_FIXTURES = {"database", "engine", "session_factory", "redis_client", "flask_app", "client", "live_server",
+                    "api", "worker", "worker_process", "tenant", "other_tenant"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.relative_to(ROOT / "tests").parts
+        tier = parts[0] if parts and parts[0] in TIERS else None
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: every test lives in tests/unit, tests/integration or tests/e2e")
+        item.add_marker(getattr(pytest.mark, tier))
+        used = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if tier == "unit" and used:
+            raise pytest.UsageError(f"{item.nodeid} is in tests/unit but needs {sorted(used)}: move it to integration")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,16 @@ class KeyPair:
 
 
 def ec_key_pair() -> KeyPair:
-    key = ec.generate_private_key(ec.SECP256R1())
+    """An EC P-256 pair (APNs .p8 keys, VAPID, ES256 tokens)."""
+    return pem_pair(ec.generate_private_key(ec.SECP256R1()))
+
+
+def rsa_key_pair(bits: int = 2048) -> KeyPair:
+    """An RSA pair (RS256 tokens; smaller sizes to test refusals)."""
+    return pem_pair(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+
+
+def pem_pair(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> KeyPair:
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()

@@ -1,0 +1,225 @@
+"""The delivery engine on all three platforms, end to end.
+
+Each scenario runs through the HTTP API, the real worker and scheduler, and the
+platform's local stand-in speaking the vendor's protocol. A small harness per
+platform hides how each stand-in is told to fail and how it records messages.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.support.helpers import wait_for
+
+
+@dataclass
+class Received:
+    title: str
+    body: str
+    data: dict[str, Any]
+    size: int  # bytes of the vendor payload as received
+    received_at: float
+
+
+class Harness:
+    platform: str
+    transient_error: Any  # the vendor's 429
+    server_error: Any  # the vendor's 5xx
+    dead_error: Any  # the vendor's "token is gone"
+    payload_limit: int
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def configure(self, tenant) -> None: ...
+    def new_token(self) -> tuple[str, Any]:
+        """(push_token to register, handle the stand-in knows it by)."""
+        raise NotImplementedError
+
+    def fail(self, handle: Any, error: Any, *, times: int | None = None, retry_after: int | None = None) -> None:
+        """Every stand-in takes the same call: the vendor's error for that token, N times or always."""
+        self.service.set_behavior(handle, error, times=times, retry_after=retry_after)
+
+    def received(self, handle: Any) -> list[Received]:
+        raise NotImplementedError
+
+    def attempts(self, handle: Any) -> int:
+        return self.service.attempts(handle)
+
+
+class WebHarness(Harness):
+    platform, transient_error, server_error, dead_error, payload_limit = "web", 429, 503, 410, 3993
+
+    def new_token(self):
+        subscription = self.service.new_subscription()
+        return json.dumps(subscription), subscription
+
+    def received(self, handle):
+        out = []
+        for message in self.service.messages(handle):
+            payload = message.json()
+            out.append(Received(payload["title"], payload["body"], payload["data"], len(message.payload), message.received_at))
+        return out
+
+
+class ApnsHarness(Harness):
+    platform, payload_limit = "ios", 4096
+    transient_error, server_error, dead_error = "TooManyRequests", "ServiceUnavailable", "Unregistered"
+
+    def configure(self, tenant):
+        tenant.configure_apns(self.service)
+
+    def new_token(self):
+        token = secrets.token_hex(32)
+        return token, token
+
+    def received(self, handle):
+        out = []
+        for message in self.service.messages(handle):
+            alert = message.payload["aps"]["alert"]
+            size = len(json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False).encode())
+            out.append(Received(alert["title"], alert["body"], message.payload.get("data", {}), size, message.received_at))
+        return out
+
+
+class FcmHarness(Harness):
+    platform, payload_limit = "android", 4096
+    transient_error, server_error, dead_error = "QUOTA_EXCEEDED", "UNAVAILABLE", "UNREGISTERED"
+
+    def configure(self, tenant):
+        tenant.configure_fcm(self.service)
+
+    def new_token(self):
+        token = secrets.token_urlsafe(48)
+        return token, token
+
+    def received(self, handle):
+        out = []
+        for message in self.service.messages(handle):
+            notification = message.message["notification"]
+            data = dict(message.message.get("data", {}).items())
+            size = len(json.dumps(message.message, separators=(",", ":"), ensure_ascii=False).encode())
+            out.append(Received(notification["title"], notification["body"], data, size, message.received_at))
+        return out
+
+
+HARNESSES: dict[str, Callable[[Any], Harness]] = {"web": WebHarness, "ios": ApnsHarness, "android": FcmHarness}
+
+
+@pytest.fixture(params=["web", "ios", "android"])
+def vendor(request, push_service, apns_service, fcm_service, tenant) -> Harness:
+    service = {"web": push_service, "ios": apns_service, "android": fcm_service}[request.param]
+    harness = HARNESSES[request.param](service)
+    harness.configure(tenant)
+    return harness
+
+
+def register(api, tenant, vendor: Harness, user: uuid.UUID) -> tuple[str, Any]:
+    push_token, handle = vendor.new_token()
+    response = api.post(
+        "/push/devices/register",
+        json={"app_id": str(tenant.id), "platform": vendor.platform, "push_token": push_token},
+        headers=tenant.user_headers(user),
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["device_id"], handle
+
+
+def send(api, tenant, user, **fields) -> str:
+    response = api.post("/push/send", json={"user_id": str(user), "title": "Shift approved", "body": "See you at 9.", **fields},
+                        headers=tenant.service_headers())
+    assert response.status_code == 200, response.text
+    return response.json()["notification_id"]
+
+
+def settled(api, tenant, notification_id: str, timeout: float = 25) -> dict:
+    def done():
+        body = api.get(f"/push/notifications/{notification_id}", headers=tenant.service_headers()).json()
+        return body if body["status"] not in ("queued", "sending") else None
+
+    return wait_for(done, timeout=timeout)
+
+
+@pytest.fixture
+def user(tenant) -> uuid.UUID:
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    return user
+
+
+def test_sent_with_the_vendor_message_id(api, worker, tenant, vendor, user):
+    device_id, handle = register(api, tenant, vendor, user)
+    notification = settled(api, tenant, send(api, tenant, user, data={"route": "/schedule"}))
+    (received,) = vendor.received(handle)
+    assert (received.title, received.body) == ("Shift approved", "See you at 9.")
+    assert received.data == {"route": "/schedule"}
+    (delivery,) = notification["deliveries"]
+    assert notification["status"] == "delivered"
+    assert (delivery["device_id"], delivery["status"], delivery["attempts"]) == (device_id, "sent", 1)
+    assert delivery["vendor_message_id"]
+
+
+def test_dead_token_disables_the_device_and_the_next_send_skips_it(api, worker, tenant, vendor, user):
+    _, alive = register(api, tenant, vendor, user)
+    dead_id, dead = register(api, tenant, vendor, user)
+    vendor.fail(dead, vendor.dead_error)
+    first = settled(api, tenant, send(api, tenant, user))
+    assert first["status"] == "partially_delivered"
+    assert {d["device_id"]: d["status"] for d in first["deliveries"]}[dead_id] == "dead_token"
+
+    second = settled(api, tenant, send(api, tenant, user))
+    assert second["status"] == "delivered"
+    assert dead_id not in {d["device_id"] for d in second["deliveries"]}
+    assert vendor.attempts(dead) == 1
+    assert len(vendor.received(alive)) == 2
+
+
+def test_rate_limit_is_retried_no_sooner_than_retry_after_then_sent(api, worker, tenant, vendor, user):
+    _, handle = register(api, tenant, vendor, user)
+    vendor.fail(handle, vendor.transient_error, times=1, retry_after=2)
+    notification = settled(api, tenant, send(api, tenant, user), timeout=90 if vendor.platform == "android" else 25)
+    (delivery,) = notification["deliveries"]
+    assert (notification["status"], delivery["attempts"]) == ("delivered", 2)
+    (received,) = vendor.received(handle)
+    created = datetime.fromisoformat(notification["created_at"]).timestamp()
+    floor = 60 if vendor.platform == "android" else 2  # FCM QUOTA_EXCEEDED backs off a minute at least
+    assert received.received_at - created >= floor
+
+
+def test_server_errors_are_retried_until_the_attempt_limit(api, worker, tenant, vendor, user):
+    _, handle = register(api, tenant, vendor, user)
+    vendor.fail(handle, vendor.server_error)
+    notification = settled(api, tenant, send(api, tenant, user))
+    (delivery,) = notification["deliveries"]
+    assert (notification["status"], delivery["status"], delivery["attempts"]) == ("failed", "failed", 3)
+    assert delivery["last_error"].startswith("gave up after 3 attempts")
+    assert vendor.attempts(handle) == 3
+    assert vendor.received(handle) == []
+
+
+def test_ttl_running_out_while_retrying_ends_expired_never_late(api, worker, tenant, vendor, user):
+    _, handle = register(api, tenant, vendor, user)
+    vendor.fail(handle, vendor.server_error, times=1, retry_after=30)
+    notification = settled(api, tenant, send(api, tenant, user, ttl=5))
+    (delivery,) = notification["deliveries"]
+    assert (notification["status"], delivery["status"], delivery["attempts"]) == ("expired", "expired", 1)
+    assert vendor.received(handle) == []
+
+
+def test_oversize_body_is_truncated_to_the_vendor_limit(api, worker, tenant, vendor, user):
+    _, handle = register(api, tenant, vendor, user)
+    body = "ü" * 4096  # 8192 bytes of UTF-8
+    notification = settled(api, tenant, send(api, tenant, user, body=body))
+    assert (notification["status"], notification["truncated"]) == ("delivered", True)
+    (received,) = vendor.received(handle)
+    assert received.size <= vendor.payload_limit
+    assert received.body.endswith("…") and body.startswith(received.body[:-1])
+    assert len(received.body) > 1000

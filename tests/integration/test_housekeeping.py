@@ -1,0 +1,84 @@
+"""Housekeeping jobs (bounded batches), their settings, and the scheduler's entries for them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from shared.config import ConfigError, Settings
+from shared.db import session_scope
+from shared.models import Delivery, Device, Notification, OAuthClient, utcnow
+from shared.services import housekeeping
+from shared.services.clients import create_client, revoke_client
+from tests.support.builders import add_device, add_notification
+from tests.support.harness import TEST_ENV
+
+
+def test_old_final_notifications_go_with_their_deliveries_in_batches(session_factory, tenant):
+    user = uuid.uuid4()
+    with session_scope(session_factory) as session:
+        device = add_device(session, tenant.id, user)
+        old = [add_notification(session, tenant.id, user, "delivered", 40, [device]) for _ in range(5)]
+        kept = {
+            add_notification(session, tenant.id, user, "delivered", 10, [device]),  # young
+            add_notification(session, tenant.id, user, "scheduled", 40),  # not final: never deleted
+            add_notification(session, tenant.id, user, "sending", 40, [device]),
+        }
+    policy = housekeeping.HousekeepingPolicy(retention_days=30, device_idle_days=0, revoked_client_days=0,
+                                             batch_size=2, max_batches=2)
+    report = housekeeping.run(session_factory, utcnow(), policy)
+    assert report.notifications_deleted == 4 and report.batches["notifications"] == 2  # bounded per run
+    report = housekeeping.run(session_factory, utcnow(), policy)
+    assert report.notifications_deleted == 1
+    with session_scope(session_factory) as session:
+        assert set(session.scalars(select(Notification.id))) == kept
+        assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.notification_id.in_(old))) == 0
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 2
+
+
+def test_idle_devices_are_disabled_and_long_revoked_clients_deleted(session_factory, tenant):
+    user = uuid.uuid4()
+    with session_scope(session_factory) as session:
+        idle = add_device(session, tenant.id, user, last_seen_days_ago=100).id
+        active = add_device(session, tenant.id, user, last_seen_days_ago=10).id
+        old_client, _ = create_client(session, tenant.id, ["push:send"])
+        recent_client, _ = create_client(session, tenant.id, ["push:send"])
+        live_client, _ = create_client(session, tenant.id, ["push:send"])
+        revoke_client(session, old_client)
+        revoke_client(session, recent_client)
+        session.get(OAuthClient, old_client).revoked_at = utcnow() - timedelta(days=31)
+    policy = housekeeping.HousekeepingPolicy(retention_days=0, device_idle_days=90, revoked_client_days=30)
+    report = housekeeping.run(session_factory, utcnow(), policy)
+    assert (report.devices_disabled, report.clients_deleted, report.notifications_deleted) == (1, 1, 0)
+    with session_scope(session_factory) as session:
+        assert session.get(Device, idle).disabled_reason == "idle: not seen for 90 days"
+        assert session.get(Device, active).disabled_at is None
+        assert set(session.scalars(select(OAuthClient.client_id))) == {recent_client, live_client}
+
+
+def test_zero_days_turns_a_job_off(session_factory, tenant):
+    with session_scope(session_factory) as session:
+        add_notification(session, tenant.id, uuid.uuid4(), "failed", 400)
+        add_device(session, tenant.id, uuid.uuid4(), last_seen_days_ago=400)
+    off = housekeeping.HousekeepingPolicy(retention_days=0, device_idle_days=0, revoked_client_days=0)
+    assert housekeeping.run(session_factory, utcnow(), off) == housekeeping.HousekeepingReport()
+
+
+def test_settings_and_beat_schedule():
+    settings = Settings.from_env(TEST_ENV)
+    assert (settings.schedule_interval_seconds, settings.retention_days, settings.device_idle_days) == (1.0, 30, 270)
+    for bad in ({"PUSHQ_SCHEDULE_INTERVAL": "0"}, {"PUSHQ_RETENTION_DAYS": "-1"},
+                {"PUSHQ_HOUSEKEEPING_BATCH_SIZE": "0"},
+                # a revoked client deleted while one of its tokens still verifies would un-revoke it
+                {"PUSHQ_REVOKED_CLIENT_DAYS": "1", "PUSHQ_TOKEN_LIFETIME_SECONDS": "90000"}):
+        with pytest.raises(ConfigError):
+            Settings.from_env({**TEST_ENV, **bad})
+    from workers.celery_app import HOUSEKEEPING_TASK, MAINTENANCE_QUEUE, RELEASE_SCHEDULED_TASK, make_celery
+
+    celery = make_celery(settings.replace(housekeeping_interval_seconds=600.0))
+    schedule = {entry["task"]: entry["schedule"] for entry in celery.conf.beat_schedule.values()}
+    assert schedule[RELEASE_SCHEDULED_TASK] == 1.0 and schedule[HOUSEKEEPING_TASK] == 600.0
+    assert celery.conf.task_routes[RELEASE_SCHEDULED_TASK] == {"queue": MAINTENANCE_QUEUE}

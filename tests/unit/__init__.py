@@ -1,0 +1,1 @@
+"""Test tier: see tests/conftest.py (markers by directory)."""
