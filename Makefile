@@ -7,31 +7,44 @@ TEST_DATABASE_URL ?= postgresql+psycopg2://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: run test install demo migrate bench lint clean help fault
+.PHONY: run test test-fast install demo migrate bench lint lock clean help fault
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): setup.cfg pyproject.toml
+# The versions the tests passed with: requirements.lock (pip-compile of pyproject.toml's runtime, test and
+# dev dependencies), then pushq itself without resolving anything again.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv and install pushq with its test tools
+install: $(STAMP)  ## Create .venv and install pushq with its test and dev tools, at the locked versions
+
+lock: $(STAMP)  ## Re-resolve requirements.lock after a change to pyproject.toml's dependencies
+	$(BIN)/pip-compile --quiet --extra test --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		-o requirements.lock pyproject.toml
+
+lint: $(STAMP)  ## ruff (a broad rule set, pyproject.toml) and mypy (strict on shared/ and workers/)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 run: $(STAMP)  ## Start API + worker + scheduler (embedded Redis and SQLite unless configured)
 	$(BIN)/pushq run
 
-test: $(STAMP)  ## Migrate a test database and run the whole suite against real PostgreSQL/Redis/Celery
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/alembic upgrade head
+test: $(STAMP)  ## The whole suite (unit, integration, e2e, fault) against real PostgreSQL/Redis/Celery
 	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## The unit tier only: no PostgreSQL, Redis or workers, in seconds
+	$(BIN)/pytest -m unit -q
 
 fault: $(STAMP)  ## Only the fault suite (worker kills, broker/database restarts, bad vendors; part of `make test`)
 	$(BIN)/pytest -m fault
 
 demo: $(STAMP)  ## With `make run` running: send one notification end to end and print it decrypted
-	$(BIN)/pushq demo
+	$(BIN)/python -m standins.demo
 
 migrate: $(STAMP)  ## Apply migrations to DATABASE_URL
 	$(BIN)/pushq migrate

@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from flask import current_app, make_response, redirect, render_template, request
 from werkzeug.wrappers import Response

@@ -65,11 +65,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
     )
 
-    from api.openapi import bp as openapi_bp
-    from api.views import bp as push_bp
     from api.health import bp as health_bp
-    from api.patient_views import bp as patients_bp
     from api.oauth import bp as oauth_bp
+    from api.openapi import bp as openapi_bp
+    from api.patient_views import bp as patients_bp
+    from api.views import bp as push_bp
 
     app.register_blueprint(push_bp)
     app.register_blueprint(openapi_bp)

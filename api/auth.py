@@ -41,8 +41,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -210,7 +211,7 @@ class JwksKeys:
             return False
         try:
             keys = index_jwks(self._client.fetch_data())
-        except Exception as exc:  # noqa: BLE001 - any failure to get keys is a 401 for the caller, not a 500
+        except Exception as exc:
             self._failed_at = now
             log.warning("fetching JWKS from %s failed: %s: %s", self.url, type(exc).__name__, exc)
             return False
@@ -251,7 +252,7 @@ class RevokedClients:
                 try:
                     self._revoked = frozenset(self._load())
                     self._next_load_at = now + self._refresh
-                except Exception as exc:  # noqa: BLE001 - keep verifying with the last known set
+                except Exception as exc:
                     log.warning("reloading revoked OAuth clients failed: %s", type(exc).__name__)
                     self._next_load_at = now + self._retry
             return client_id in self._revoked

@@ -12,8 +12,9 @@ import functools
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import redis
 from flask import Blueprint, current_app, g, jsonify, request
@@ -23,11 +24,11 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from api.auth import AuthError, Principal
-from shared.token_signing import SEND_SCOPE
 from shared.errors import ServiceError
 from shared.guards import QuotaExceeded
 from shared.models import utcnow
 from shared.services import idempotency
+from shared.token_signing import SEND_SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def finish_session(response):
             session.commit()
         else:
             session.rollback()
-    except Exception:  # noqa: BLE001 - the client must not see 2xx for uncommitted work
+    except Exception:
         log.exception("commit failed")
         session.rollback()
         response = error_response(503, "unavailable", "Service temporarily unavailable, try again")

@@ -19,10 +19,10 @@ from urllib.parse import unquote_plus
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, fields
 
-from shared.token_signing import TokenIssuer
 from api.http import db_session, endpoint
 from shared.guards import TooManyFailedAuthentications
 from shared.services import clients
+from shared.token_signing import TokenIssuer
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ class TokenRequestForm(Schema):
     client_secret = fields.String(metadata={"description": "With client_id, instead of HTTP Basic."})
 
 
-# The request as OpenAPI describes it. api/openapi.py documents JSON bodies and bearer tokens only, so until it
-# takes these the operation's description carries the form body and the client authentication in prose.
+# The request as OpenAPI describes it: a form body (merged into the operation by the endpoint's ``openapi``).
 OPENAPI_REQUEST_BODY = {"required": True, "content": {FORM_MIMETYPE: {"schema": TokenRequestForm}}}
 
 

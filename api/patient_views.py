@@ -11,11 +11,11 @@ from api.schemas import (
     BulkMappingRequest,
     BulkMappingResponse,
     IdentityRequest,
+    PageQuery,
     PatientPage,
     PatientSchema,
     PatientSendRequest,
     PatientSendResponse,
-    PageQuery,
     StatusResponse,
 )
 from shared.errors import PatientNotFound

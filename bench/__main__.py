@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Bare `python -m bench [--quick]` runs the pipeline benchmark.
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help"):
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, "pipeline")
     args = parser.parse_args(args_list)
 

@@ -37,10 +37,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import psutil
@@ -107,11 +108,11 @@ class Scale:
     drain_timeout: float
 
     @staticmethod
-    def full() -> "Scale":
+    def full() -> Scale:
         return Scale("full", 2000, 10_000, 1000, 20, 30.0, 200.0, 3, 100_000, 900.0)
 
     @staticmethod
-    def quick() -> "Scale":
+    def quick() -> Scale:
         return Scale("quick", 500, 1000, 200, 5, 5.0, 200.0, 1, 10_000, 120.0)
 
 
@@ -230,7 +231,7 @@ def prepare_database(database_url: str) -> None:
         engine.dispose()
     try:
         migrate(database_url)
-    except Exception as exc:  # noqa: BLE001 - any migration failure: say so, without a traceback wall
+    except Exception as exc:
         raise BenchError(f"alembic upgrade head failed on {url.database}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:500]}") from exc
 
@@ -372,7 +373,7 @@ def send_bulks(ctx: Context, http: httpx.Client, headers: dict[str, str], user_i
 
 def db_now(ctx: Context) -> datetime:
     """The service stamps rows with Python's UTC clock; the same clock marks phase starts."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def delivery_state(ctx: Context, app_id: uuid.UUID, since: datetime) -> tuple[int, int, int, float | None]:
@@ -396,7 +397,7 @@ def outcome_counts(ctx: Context, app_id: uuid.UUID, since: datetime) -> dict[str
             "SELECT d.status, count(*) FROM deliveries d JOIN notifications n ON n.id = d.notification_id "
             "WHERE n.app_id = :app AND n.created_at >= :since GROUP BY d.status"
         ), {"app": app_id, "since": since}).all()
-    return {status: count for status, count in rows}
+    return dict(rows)
 
 
 def wait_final(ctx: Context, what: str, app_id: uuid.UUID, since: datetime, expected: int, timeout: float,
@@ -583,7 +584,7 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[index]
 
 
@@ -848,7 +849,7 @@ def _phases(ctx: Context, info: dict[str, Any]) -> dict[str, Any]:
                + (" (quick mode: not 100,000)" if ctx.scale.name == "quick" else ""), "%",
                [memory["growth"] * 100], 5.0, "<=", "< 5 %"),
     ]
-    return {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": ctx.scale.name,
+    return {"when": datetime.now(UTC).isoformat(timespec="seconds"), "mode": ctx.scale.name,
             "machine": info, "scale": ctx.scale.__dict__, "figures": [f.to_json() for f in figures],
             "details": ctx.details}
 

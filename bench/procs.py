@@ -18,9 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,14 +143,14 @@ class Processes:
         for child in reversed(list(self.children)):
             try:
                 self.stop(child)
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            except Exception as exc:
                 print(f"warning: could not stop {child.name}: {exc}", file=sys.stderr)
 
     def check_alive(self) -> None:
         for child in self.children:
             child.check_alive()
 
-    def __enter__(self) -> "Processes":
+    def __enter__(self) -> Processes:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

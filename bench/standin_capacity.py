@@ -21,9 +21,9 @@ import ssl
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import aiohttp
 import httpx
@@ -101,7 +101,7 @@ def _run_async(make: Callable[[], Awaitable[int]], timeout: float) -> int:
 
     try:
         return asyncio.run(bounded())
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BenchError(f"load did not finish within {timeout:.0f} s") from None
 
 

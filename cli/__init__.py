@@ -1,7 +1,8 @@
 """``pushq``: the command line, a package of click groups.
 
 ``pushq GROUP VERB`` (apps, credentials, users, tokens, clients, notifications,
-data), plus ``pushq run`` (the whole service on one host) and ``pushq demo``.
+data), plus ``pushq run`` (the whole service on one host). The end-to-end demo is a development
+tool beside the stand-ins: ``make demo`` (``python -m standins.demo``).
 The one-word verbs of earlier versions (``pushq create-app``, ``pushq enroll``,
 ``pushq token``, ``pushq migrate`` …) are kept as shortcuts to the same
 commands. Each module imports ``api``/``workers``/``standins`` only inside the
@@ -17,7 +18,6 @@ from cli.clients import clients
 from cli.common import CONTEXT_SETTINGS
 from cli.credentials import credentials
 from cli.data import data
-from cli.demo import demo
 from cli.notifications import notifications
 from cli.run import run
 from cli.tokens import tokens
@@ -65,7 +65,7 @@ def main() -> None:
     """
 
 
-for _command in (apps, credentials, users, tokens, clients, notifications, data, run, demo):
+for _command in (apps, credentials, users, tokens, clients, notifications, data, run):
     main.add_command(_command)
 main.add_command(worker_ping)  # workers/health.py: a worker's health check with an exit code
 

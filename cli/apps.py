@@ -36,7 +36,7 @@ def create_app_command(name: str, vapid_subject: str) -> None:
 def quota_used_today(settings: Settings, app_ids: list[uuid.UUID], now: datetime) -> dict[uuid.UUID, int | None]:
     """Each app's notifications taken today (UTC) from Redis; None when Redis is not configured or answers not."""
     if not settings.redis_url:
-        return {app_id: None for app_id in app_ids}
+        return dict.fromkeys(app_ids)
     import redis
 
     from shared.guards import DailyQuota
@@ -47,7 +47,7 @@ def quota_used_today(settings: Settings, app_ids: list[uuid.UUID], now: datetime
         return {app_id: counter.used(app_id, now) for app_id in app_ids}
     except redis.RedisError as exc:
         click.echo(f"pushq: Redis did not answer ({type(exc).__name__}); quota used today unknown", err=True)
-        return {app_id: None for app_id in app_ids}
+        return dict.fromkeys(app_ids)
     finally:
         client.close()
 

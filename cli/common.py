@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from cryptography.fernet import Fernet
@@ -114,7 +115,7 @@ def service_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def dispatcher(settings: Settings) -> "Dispatcher":
+def dispatcher(settings: Settings) -> Dispatcher:
     """A dispatcher on the configured broker, for commands that enqueue work (imports Celery lazily)."""
     if not (settings.broker_url or settings.redis_url):
         raise click.ClickException("REDIS_URL (or PUSHQ_BROKER_URL) must be set to enqueue work for the workers")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import redis
 from sqlalchemy import func, select, text
@@ -52,7 +52,7 @@ _SWEEP_LOCK_KEY = 0x7075736871_7377
 
 def from_timestamp(value: float | None) -> datetime | None:
     """A UTC datetime from POSIX seconds (None stays None)."""
-    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def lost_before(now: datetime, sweep_after_seconds: float, state: QueueState | N
     if state is None or state.depth is None or state.depth == 0:
         # Unknown (fall back to age alone) or empty (nothing waits in it): old enough is lost.
         return quiet
-    cutoff = datetime.min.replace(tzinfo=timezone.utc)
+    cutoff = datetime.min.replace(tzinfo=UTC)
     if state.broker_started_at is not None:
         cutoff = max(cutoff, state.broker_started_at)
     if state.head is not None:
@@ -108,7 +108,7 @@ class Backlog:
         return json.dumps(asdict(self))
 
     @classmethod
-    def loads(cls, raw: bytes | str | None) -> "Backlog | None":
+    def loads(cls, raw: bytes | str | None) -> Backlog | None:
         if not raw:
             return None
         try:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 DEFAULT_DATABASE_URL = "sqlite:///pushq.sqlite3"
 
@@ -137,7 +138,7 @@ class Settings:
     admin_token: str | None = field(default=None, metadata={"env": "PUSHQ_ADMIN_TOKEN"})
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -215,8 +216,8 @@ class Settings:
                             ("PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS", self.token_failure_window_seconds)):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        claim, equals, value = self.service_token_claim.partition("=")
-        if not (claim.strip() and equals and value.strip()) or claim.strip() in _RESERVED_CLAIMS:
+        claim, equals, claim_value = self.service_token_claim.partition("=")
+        if not (claim.strip() and equals and claim_value.strip()) or claim.strip() in _RESERVED_CLAIMS:
             raise ConfigError(f"PUSHQ_SERVICE_TOKEN_CLAIM must be name=value, the name none of {sorted(_RESERVED_CLAIMS)}")
 
     def _validate_schedules(self) -> None:
@@ -236,14 +237,14 @@ class Settings:
             # Deleting a revoked client while a token of its may still verify would un-revoke that token.
             raise ConfigError("PUSHQ_REVOKED_CLIENT_DAYS must outlast PUSHQ_TOKEN_LIFETIME_SECONDS (or be 0)")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""
         settings = dataclasses.replace(self, **changes)
         settings.validate()
         return settings
 
 
-def _parse(f: dataclasses.Field, raw: str) -> Any:
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = f.type
     try:
         if kind == "bool":

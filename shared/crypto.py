@@ -26,7 +26,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Text
@@ -151,7 +152,7 @@ def token_hash(value: str) -> str:
     return keyring().token_hash(value)
 
 
-class EncryptedText(TypeDecorator):
+class EncryptedText(TypeDecorator[str]):
     """Text stored encrypted with the process keyring; the database column is plain TEXT.
 
     Never compare such a column in SQL (every encryption differs); look rows up

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +25,11 @@ _AFTER_COMMIT_KEY = "pushq_after_commit"
 _AFTER_ROLLBACK_KEY = "pushq_after_rollback"
 
 
+def rows_affected(result: Result[Any]) -> int:
+    """How many rows an INSERT/UPDATE/DELETE touched (``Session.execute`` types its result as a plain Result)."""
+    return cast("CursorResult[Any]", result).rowcount or 0
+
+
 def make_engine(database_url: str, **kwargs: object) -> Engine:
     """An engine with sane pool settings for PostgreSQL and safe defaults for SQLite."""
     kwargs.setdefault("hide_parameters", True)  # statement parameters (tokens, user data) never reach logs
@@ -31,7 +37,7 @@ def make_engine(database_url: str, **kwargs: object) -> Engine:
         engine = create_engine(database_url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - exercised by make run
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:  # exercised by make run
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -75,7 +81,7 @@ def _run_after_commit(session: Session) -> None:
     for callback in callbacks:
         try:
             callback()
-        except Exception:  # noqa: BLE001 - the data is committed; the sweeper retries the enqueue
+        except Exception:
             log.exception("after-commit callback failed; the sweeper will pick the work up")
 
 
@@ -85,7 +91,7 @@ def _run_after_rollback(session: Session) -> None:
     for callback in session.info.pop(_AFTER_ROLLBACK_KEY, []):
         try:
             callback()
-        except Exception:  # noqa: BLE001 - never mask the error that caused the rollback
+        except Exception:
             log.exception("after-rollback callback failed")
 
 

@@ -21,13 +21,15 @@ from __future__ import annotations
 import random
 import uuid
 from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import and_, bindparam, case, exists, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
+from shared.db import rows_affected
 from shared.db_upsert import dialect_insert
 from shared.message import Message
 from shared.models import (
@@ -377,13 +379,13 @@ def _write_outcomes_portable(
     values: dict[str, Any] = {"updated_at": now, "claimed_at": None, "claim_token": None}
     for name in _OUTCOME_COLUMNS:
         values[name] = _values_by_id(ids, [row.get(name) for _, row in rows], getattr(Delivery, name))
-    return session.execute(
+    return rows_affected(session.execute(
         update(Delivery)
         .where(Delivery.id.in_(ids), Delivery.claim_token == claim_token,
                Delivery.status == DeliveryStatus.SENDING.value)
         .values(**values)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
 
 
 def record_outcomes(
@@ -405,11 +407,11 @@ def record_outcomes(
         return 0
     rows = [(claimed.delivery_id, outcome_values(claimed, outcome, now, policy)) for claimed, outcome in results]
     if session.get_bind().dialect.name == "postgresql":
-        written_count = session.execute(
+        written_count = rows_affected(session.execute(
             _WRITE_OUTCOMES_PG,
             {"now": now, "token": str(claim_token), "ids": [str(delivery_id) for delivery_id, _ in rows],
              **{name: [values.get(name) for _, values in rows] for name in _OUTCOME_COLUMNS}},
-        ).rowcount
+        ))
     else:
         written_count = _write_outcomes_portable(session, claim_token, rows, now)
     dead = [(claimed, outcome) for claimed, outcome in results if outcome.disable_device]
@@ -428,7 +430,7 @@ def disable_devices(session: Session, devices: Sequence[tuple[uuid.UUID, str, st
     """
     if not devices:
         return 0
-    return session.execute(
+    return rows_affected(session.execute(
         update(Device)
         .where(
             tuple_(Device.id, Device.token_hash).in_([(device_id, token_hash) for device_id, token_hash, _ in devices]),
@@ -436,7 +438,7 @@ def disable_devices(session: Session, devices: Sequence[tuple[uuid.UUID, str, st
         )
         .values(disabled_at=now, disabled_reason=case(*((Device.id == device_id, reason) for device_id, _, reason in devices)))
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
 
 
 def disable_device(session: Session, device_id: uuid.UUID, token_hash: str, reason: str, now: datetime) -> bool:

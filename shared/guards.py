@@ -11,7 +11,7 @@ import hashlib
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import redis
 
@@ -111,8 +111,8 @@ class QuotaDecision:
 
 
 def next_utc_midnight(now: datetime) -> datetime:
-    day = now.astimezone(timezone.utc).date() + timedelta(days=1)
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    day = now.astimezone(UTC).date() + timedelta(days=1)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def seconds_until(moment: datetime, now: datetime) -> int:
@@ -129,7 +129,7 @@ class DailyQuota:
 
     @staticmethod
     def _key(app_id: uuid.UUID, now: datetime) -> str:
-        return f"pushq:quota:{app_id}:{now.astimezone(timezone.utc):%Y-%m-%d}"
+        return f"pushq:quota:{app_id}:{now.astimezone(UTC):%Y-%m-%d}"
 
     def reserve(self, app_id: uuid.UUID, count: int, limit: int, now: datetime) -> QuotaDecision:
         """Take ``count`` from today's quota, all or nothing; raise QuotaExceeded otherwise."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 from shared.observability.context import current_request_ids
 
@@ -33,8 +34,8 @@ class JsonFormatter(logging.Formatter):
     request_ids (when any apply) and exc_info (a formatted traceback)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        event = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+        event: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "process": record.processName,

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any
 
 
-def compact_json(value: Any) -> bytes:
-    """The wire form of a JSON document: compact separators, UTF-8, non-ASCII kept as is."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def compact_json(value: Any, *, sort_keys: bool = False) -> bytes:
+    """The wire form of a JSON document: compact separators, UTF-8, non-ASCII kept as is.
+
+    ``sort_keys`` gives the canonical form, for hashing and comparing documents.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,12 @@ class Message:
         return _COLUMNS
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Message":
+    def from_row(cls, row: Mapping[Any, Any]) -> Message:
         """The message held by a row (any mapping with the columns by name)."""
         return cls(**{name: row[name] for name in _COLUMNS})
 
     @classmethod
-    def accepted(cls, start: datetime, ttl: int, **content: Any) -> "Message":
+    def accepted(cls, start: datetime, ttl: int, **content: Any) -> Message:
         """A message that may go out from ``start`` (accepted now, or its ``send_at``): it expires ``ttl`` seconds later."""
         return cls(expires_at=start + timedelta(seconds=ttl), ttl=ttl, **content)
 

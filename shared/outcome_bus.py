@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 import redis
 
@@ -39,7 +39,9 @@ def wait_slot(client: redis.Redis, app_id: uuid.UUID, limit: int) -> Iterator[bo
     """One of the app's ``limit`` concurrent waits, if one is free (yields False otherwise)."""
     key = _WAITS.format(app_id)
     with client.pipeline() as pipe:
-        taken, _ = pipe.incr(key).expire(key, _WAIT_SLOT_TTL_SECONDS).execute()
+        pipe.incr(key)
+        pipe.expire(key, _WAIT_SLOT_TTL_SECONDS)
+        taken, _ = pipe.execute()
     try:
         yield taken <= limit
     finally:

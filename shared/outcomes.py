@@ -28,17 +28,17 @@ class Outcome:
     disable_device: bool = False
 
     @classmethod
-    def sent(cls, vendor_message_id: str | None, truncated: bool = False) -> "Outcome":
+    def sent(cls, vendor_message_id: str | None, truncated: bool = False) -> Outcome:
         return cls(OutcomeKind.SENT, vendor_message_id=vendor_message_id, truncated=truncated)
 
     @classmethod
-    def retry(cls, reason: str, retry_after: float | None = None) -> "Outcome":
+    def retry(cls, reason: str, retry_after: float | None = None) -> Outcome:
         return cls(OutcomeKind.RETRY, reason=reason, retry_after=retry_after)
 
     @classmethod
-    def dead_token(cls, reason: str) -> "Outcome":
+    def dead_token(cls, reason: str) -> Outcome:
         return cls(OutcomeKind.DEAD_TOKEN, reason=reason, disable_device=True)
 
     @classmethod
-    def rejected(cls, reason: str, *, disable_device: bool = False) -> "Outcome":
+    def rejected(cls, reason: str, *, disable_device: bool = False) -> Outcome:
         return cls(OutcomeKind.REJECTED, reason=reason, disable_device=disable_device)

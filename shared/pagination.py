@@ -20,7 +20,9 @@ class Page(Generic[T]):
     next_cursor: str | None  # the key of the last item, when more follow
 
 
-def keyset_page(session: Session, query: Select, key: InstrumentedAttribute, limit: int, after: Any = None) -> Page:
+def keyset_page(
+    session: Session, query: Select[Any], key: InstrumentedAttribute[Any], limit: int, after: Any = None
+) -> Page[Any]:
     """The ``limit`` rows of ``query`` after key ``after``, ordered by ``key``."""
     query = query.order_by(key).limit(limit + 1)
     if after is not None:
@@ -35,9 +37,9 @@ class InvalidCursor(ValueError):
 
 
 def newest_first_page(
-    session: Session, query: Select, created: InstrumentedAttribute, key: InstrumentedAttribute, limit: int,
+    session: Session, query: Select[Any], created: InstrumentedAttribute[Any], key: InstrumentedAttribute[Any], limit: int,
     cursor: str | None = None,
-) -> Page:
+) -> Page[Any]:
     """Rows newest first, keyset-paginated on (created, key); the cursor is opaque to clients."""
     query = query.order_by(created.desc(), key.desc()).limit(limit + 1)
     if cursor is not None:

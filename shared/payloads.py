@@ -7,7 +7,7 @@ empty body, the caller rejects it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 ELLIPSIS = "…"
 

@@ -49,6 +49,7 @@ def key_fits_algorithm(key: Any, algorithm: str) -> bool:
 
 def jwk_thumbprint(public_key: Any) -> str:
     """The RFC 7638 SHA-256 thumbprint of a public key, base64url: pushq's own ``kid``."""
+    members: tuple[str, ...]
     if isinstance(public_key, rsa.RSAPublicKey):
         jwk, members = RSAAlgorithm.to_jwk(public_key, as_dict=True), ("e", "kty", "n")
     elif isinstance(public_key, ec.EllipticCurvePublicKey):
@@ -121,7 +122,7 @@ class ServiceTokenRule:
     value: str
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ServiceTokenRule":
+    def from_settings(cls, settings: Settings) -> ServiceTokenRule:
         claim, _, value = settings.service_token_claim.partition("=")
         if not claim.strip() or not value.strip():
             raise ConfigError("PUSHQ_SERVICE_TOKEN_CLAIM must be name=value")

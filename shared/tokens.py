@@ -5,16 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from shared import crypto
 from shared.egress import EndpointRefused, check_push_endpoint
 from shared.errors import InvalidPushToken
 from shared.models import Platform
+from shared.platforms import APNS_TOKEN, FCM_TOKEN
 
-_HEX = re.compile(r"[0-9a-fA-F]{64,200}")
-_FCM = re.compile(r"[A-Za-z0-9_:\-]{32,4096}")
 MAX_ENDPOINT_LENGTH = 2048
 
 
@@ -43,12 +42,12 @@ def canonical_token(
         canonical = json.dumps(subscription, separators=(",", ":"), sort_keys=True)
         return canonical, crypto.token_hash(subscription["endpoint"])
     if platform == Platform.IOS.value:
-        if not _HEX.fullmatch(push_token):
+        if not APNS_TOKEN.fullmatch(push_token):
             raise InvalidPushToken(reason="an APNs device token is 64 or more hex characters")
         token = push_token.lower()
         return token, crypto.token_hash(token)
     if platform == Platform.ANDROID.value:
-        if not _FCM.fullmatch(push_token):
+        if not FCM_TOKEN.fullmatch(push_token):
             raise InvalidPushToken(reason="not an FCM registration token")
         return push_token, crypto.token_hash(push_token)
     raise InvalidPushToken(reason=f"unknown platform {platform!r}")

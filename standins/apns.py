@@ -86,7 +86,7 @@ from standins.tls import (
     server_ssl_context,
 )
 
-__all__ = ["ApnsStandin", "ApnsMessage", "REASON_STATUS", "main"]
+__all__ = ["REASON_STATUS", "ApnsMessage", "ApnsStandin", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class _Decision:
 
 
 class _Stream:
-    __slots__ = ("stream_id", "headers", "body", "body_size", "received_at")
+    __slots__ = ("body", "body_size", "headers", "received_at", "stream_id")
 
     def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.stream_id = stream_id
@@ -242,7 +242,7 @@ class ApnsStandin:
         self._stopped = False
 
     # ------------------------------------------------------------------ life
-    def start(self) -> "ApnsStandin":
+    def start(self) -> ApnsStandin:
         if self._stopped:
             raise RuntimeError("an ApnsStandin cannot be restarted; make a new one")
         if self._started:
@@ -278,7 +278,7 @@ class ApnsStandin:
         self._cleanup_certificate()
         logger.info("APNs stand-in on port %d stopped", self.port)
 
-    def __enter__(self) -> "ApnsStandin":
+    def __enter__(self) -> ApnsStandin:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -427,12 +427,12 @@ class ApnsStandin:
             return len(self.provider_tokens_seen)
 
     # ------------------------------------------------------- request handling
-    def _connection_made(self, connection: "_ApnsServerProtocol") -> None:
+    def _connection_made(self, connection: _ApnsServerProtocol) -> None:
         with self._lock:
             self.connections_accepted += 1
         self._connections.add(connection)
 
-    def _connection_lost(self, connection: "_ApnsServerProtocol") -> None:
+    def _connection_lost(self, connection: _ApnsServerProtocol) -> None:
         self._connections.discard(connection)
 
     def _check_provider_token(self, value: str | None) -> str | None:

@@ -149,7 +149,7 @@ class _ApiError(Exception):
 
 def _fcm_error(error_code: str, message: str | None = None, **kw: Any) -> _ApiError:
     code, status, default = FCM_ERRORS[error_code]
-    details = [{"@type": FCM_ERROR_TYPE, "errorCode": error_code}] + kw.pop("extra_details", [])
+    details = [{"@type": FCM_ERROR_TYPE, "errorCode": error_code}, *kw.pop("extra_details", [])]
     return _ApiError(code, status, message or default, details, **kw)
 
 
@@ -306,7 +306,7 @@ def _check_value(path: str, value: Any, kind: Any) -> Any:
     elif kind == "map_string":
         if not isinstance(value, dict):
             raise _type_error(path, "map<string, string>", value)
-        for i, (k, v) in enumerate(value.items()):
+        for i, (_k, v) in enumerate(value.items()):
             if not isinstance(v, str):
                 raise _type_error(f"{path}[{i}].value", "TYPE_STRING", v)
     elif kind == "list_string":
@@ -430,11 +430,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     # Quiet: request lines go to logging at DEBUG (they hold no secrets).
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("fcm stand-in %s - " + format, self.address_string(), *args)
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("fcm stand-in %s - %s", self.address_string(), format % args)
 
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("fcm stand-in %s - " + format, self.address_string(), *args)
+    def log_error(self, format: str, *args: Any) -> None:
+        log.debug("fcm stand-in %s - %s", self.address_string(), format % args)
 
     # -- helpers --------------------------------------------------------
 
@@ -487,7 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- dispatch -------------------------------------------------------
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self._read_body()
         if body is None:
             return
@@ -515,7 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         self._send_api_error(_ApiError(404, "NOT_FOUND", f"Method not found: {self.command} {path}"))
 
-    do_GET = do_PUT = do_DELETE = do_PATCH = _not_found  # noqa: N815
+    do_GET = do_PUT = do_DELETE = do_PATCH = _not_found
 
 
 # --------------------------------------------------------------------------
@@ -907,9 +907,8 @@ class FcmStandin:
                 behavior.remaining -= 1
                 if behavior.remaining <= 0:
                     del self._behaviors[target]
-        if behavior is not None and behavior.delay > 0:
-            if self._stopping.wait(behavior.delay):
-                return None
+        if behavior is not None and behavior.delay > 0 and self._stopping.wait(behavior.delay):
+            return None
         extra_headers = {}
         if behavior is not None and behavior.retry_after is not None:
             extra_headers["Retry-After"] = behavior.retry_after

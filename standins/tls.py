@@ -26,9 +26,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "TestCertificate",
+    "client_ssl_context",
     "make_test_certificate",
     "server_ssl_context",
-    "client_ssl_context",
 ]
 
 _VALIDITY = datetime.timedelta(days=30)
@@ -84,7 +84,7 @@ def make_test_certificate(directory: str | None = None) -> TestCertificate:
     else:
         os.makedirs(directory, exist_ok=True)
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before = now - _BACKDATE
     not_after = now + _VALIDITY
 

@@ -611,7 +611,7 @@ class _Headers:
 
 
 class _Request:
-    __slots__ = ("method", "path", "headers", "body", "close")
+    __slots__ = ("body", "close", "headers", "method", "path")
 
     def __init__(self, method: str, path: str, headers: _Headers, body: bytes, close: bool) -> None:
         self.method, self.path, self.headers, self.body, self.close = method, path, headers, body, close
@@ -701,7 +701,7 @@ class _HttpProtocol(asyncio.Protocol):
                 continue
             if delayed is not None:
                 self.busy = True
-                asyncio.ensure_future(self._finish_later(request, *delayed))
+                self._pending = asyncio.ensure_future(self._finish_later(request, *delayed))  # keep a reference
 
     def _parse(self) -> _Request | None:
         """One request from the buffer, or None if incomplete (or answered with an error and closing)."""
@@ -727,7 +727,7 @@ class _HttpProtocol(asyncio.Protocol):
             return None
         headers = _Headers(items)
         connection = (items.get("connection") or "").lower()
-        close = version == "HTTP/1.0" and "keep-alive" not in connection or "close" in connection
+        close = (version == "HTTP/1.0" and "keep-alive" not in connection) or "close" in connection
         if items.get("transfer-encoding"):
             self._refuse(411, "send a Content-Length")
             return None

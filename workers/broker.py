@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import redis
 from celery import Celery
@@ -37,7 +37,7 @@ return 1
 
 def is_amqp(url: str | None) -> bool:
     """Whether a broker URL names RabbitMQ (AMQP 0-9-1)."""
-    return bool(url) and url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
+    return url is not None and url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
 
 
 def record_progress(client: redis.Redis, queue: str, enqueued_at: float | None, finished: int) -> None:
@@ -67,7 +67,7 @@ def probe_queues(celery: Celery, queues: list[str], guards: redis.Redis, timeout
             depths, started = _amqp_depths(celery, queues, timeout), None
         else:
             depths, started = _redis_depths(celery.conf.broker_url, queues, timeout)
-    except Exception as exc:  # noqa: BLE001 - the sweep then falls back to age alone
+    except Exception as exc:
         log.warning("could not ask the broker about its queues: %s", exc)
         return {}
     return {queue: QueueState(depth, started, heads.get(queue)) for queue, depth in depths.items()}
@@ -86,7 +86,7 @@ def _redis_depths(url: str, queues: list[str], timeout: float) -> tuple[dict[str
         client.close()
     n = len(_REDIS_PRIORITY_SUFFIXES)
     depths = {queue: sum(lengths[i * n : (i + 1) * n]) for i, queue in enumerate(queues)}
-    started = datetime.now(timezone.utc) - timedelta(seconds=int(info["uptime_in_seconds"]) + 1)
+    started = datetime.now(UTC) - timedelta(seconds=int(info["uptime_in_seconds"]) + 1)
     return depths, started
 
 
@@ -99,12 +99,12 @@ def _amqp_depths(celery: Celery, queues: list[str], timeout: float) -> dict[str,
             try:
                 _, count, _ = channel.queue_declare(queue=queue, passive=True)
                 depths[queue] = count
-            except Exception:  # noqa: BLE001 - not declared yet (no worker consumed it): unknown
+            except Exception:
                 pass
             finally:
                 try:
                     channel.close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
     return depths
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from shared.config import Settings
 from workers.broker import is_amqp
@@ -22,14 +24,14 @@ RELEASE_SCHEDULED_TASK = "pushq.release_scheduled"
 HOUSEKEEPING_TASK = "pushq.housekeeping"
 
 
-def queue_options(broker_url: str) -> dict:
+def queue_options(broker_url: str) -> dict[str, Any]:
     """RabbitMQ: durable quorum queues (replicated, kept on disk, survive a broker restart)."""
     if is_amqp(broker_url):
         return {"durable": True, "queue_arguments": {"x-queue-type": "quorum"}}
     return {}
 
 
-def transport_options(broker_url: str) -> dict:
+def transport_options(broker_url: str) -> dict[str, Any]:
     """RabbitMQ: publisher confirms (a publish returns once the broker has the message).
     Redis: never park long waits in the broker (it redelivers ETA tasks after the
     visibility timeout): retries and schedules live in the database."""
@@ -84,5 +86,5 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
-    app.pushq_settings = settings  # type: ignore[attr-defined]
+    app.pushq_settings = settings  # read by workers.runtime
     return app

@@ -10,7 +10,7 @@ each queue has got, so the sweep can tell lost work from work still waiting
 from __future__ import annotations
 
 import uuid
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from celery import Celery
 

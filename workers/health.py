@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the CLI imports this module; Celery is loaded only when the
     from celery import Celery
 
 
-def ping_workers(celery: "Celery", timeout: float = 5.0, name: str | None = None) -> list[str]:
+def ping_workers(celery: Celery, timeout: float = 5.0, name: str | None = None) -> list[str]:
     """Names of the workers that answered a ping within ``timeout`` s (only ``name`` when given)."""
     replies = celery.control.ping(destination=[name] if name else None, timeout=timeout) or []
     return sorted(worker for reply in replies for worker, answer in reply.items() if answer.get("ok") == "pong")
@@ -35,7 +35,7 @@ def worker_ping(name: str | None, timeout: float) -> None:
     celery = make_celery(Settings.from_env())
     try:
         answered = ping_workers(celery, timeout, name)
-    except Exception as exc:  # noqa: BLE001 - the broker is away: unhealthy, say why
+    except Exception as exc:
         click.echo(f"no answer: broker unreachable ({type(exc).__name__}: {exc})", err=True)
         sys.exit(1)
     if not answered:

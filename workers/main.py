@@ -4,6 +4,10 @@ The only worker-side module that builds anything at import: the Celery app from
 the environment's settings.
 """
 
+from pathlib import Path
+from typing import Any
+
+from celery import Task
 from celery.signals import (
     celeryd_init,
     task_postrun,
@@ -28,40 +32,40 @@ app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 
 
 @worker_process_shutdown.connect
-def _close_vendor_connections(**_kwargs) -> None:
+def _close_vendor_connections(**_kwargs: Any) -> None:
     close_runtimes()
 
 
 # Metrics and request ids (workers/metrics.py, README "Operations").
-_metrics_dir = []
+_metrics_dir: list[Path | None] = []
 
 
 @celeryd_init.connect
-def _claim_metrics_dir(**_kwargs) -> None:
+def _claim_metrics_dir(**_kwargs: Any) -> None:
     _metrics_dir.append(worker_metrics.worker_starting(settings))
 
 
 @worker_ready.connect
-def _serve_metrics(**_kwargs) -> None:
+def _serve_metrics(**_kwargs: Any) -> None:
     worker_metrics.worker_ready(settings)
 
 
 @worker_shutdown.connect
-def _release_metrics_dir(**_kwargs) -> None:
+def _release_metrics_dir(**_kwargs: Any) -> None:
     worker_metrics.worker_stopping(_metrics_dir[0] if _metrics_dir else None)
 
 
 @worker_process_shutdown.connect
-def _pool_process_exiting(pid: int | None = None, **_kwargs) -> None:
+def _pool_process_exiting(pid: int | None = None, **_kwargs: Any) -> None:
     if pid is not None:
         worker_metrics.pool_process_exiting(pid)
 
 
 @task_prerun.connect
-def _task_request_ids(task_id: str, task, **_kwargs) -> None:
+def _task_request_ids(task_id: str, task: Task, **_kwargs: Any) -> None:
     worker_metrics.task_starting(task_id, task)
 
 
 @task_postrun.connect
-def _task_request_ids_done(task_id: str, **_kwargs) -> None:
+def _task_request_ids_done(task_id: str, **_kwargs: Any) -> None:
     worker_metrics.task_finished(task_id)

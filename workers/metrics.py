@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from shared.config import Settings
 from shared.delivery import ClaimedDelivery
@@ -34,7 +35,7 @@ from workers.celery_app import PLATFORM_QUEUES
 log = logging.getLogger(__name__)
 
 _late_answers_seen: dict[int, int] = {}  # per adapter object: its late_answers already counted
-_task_tokens: dict[str, contextvars.Token] = {}
+_task_tokens: dict[str, contextvars.Token[tuple[str, ...]]] = {}
 
 
 def record_chunk(
@@ -113,5 +114,5 @@ def pool_process_exiting(pid: int) -> None:
     """worker_process_shutdown: drop the child's live gauges."""
     try:
         process_exited(pid)
-    except Exception:  # noqa: BLE001 - never block a child's exit on metrics
+    except Exception:
         log.debug("could not mark process %d dead for metrics", pid, exc_info=True)

@@ -74,6 +74,8 @@ class WorkerRuntime:
     @cached_property
     def redis(self) -> redis.Redis:
         """Quotas, locks and outcome announcements (not the broker, which may be another server)."""
+        if not self.settings.redis_url:
+            raise RuntimeError("REDIS_URL is not set")
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
 
     @cached_property
@@ -116,7 +118,7 @@ def runtime(celery: Celery) -> WorkerRuntime:
     key = (os.getpid(), id(celery))
     found = _runtimes.get(key)
     if found is None:
-        found = _runtimes[key] = WorkerRuntime(celery, celery.pushq_settings)  # type: ignore[attr-defined]
+        found = _runtimes[key] = WorkerRuntime(celery, celery.pushq_settings)
     return found
 
 

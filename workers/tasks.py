@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 import uuid
 
-from celery import shared_task
+from celery import Task, shared_task
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
 
 from shared.backlog import lost_before, queued_deliveries, try_sweep_lock
 from shared.db import after_commit, run_in_transaction, session_scope
 from shared.delivery import (
+    Chunk,
+    ClaimedDelivery,
     claim_chunk,
     fan_out,
     record_outcomes,
@@ -26,9 +29,16 @@ from shared.observability.context import current_request_ids, set_request_ids
 from shared.outcome_bus import publish_outcomes
 from shared.outcomes import Outcome
 from shared.services import housekeeping, idempotency, scheduled
-from workers.celery_app import DELIVER_TASK, FANOUT_TASK, HOUSEKEEPING_TASK, RELEASE_SCHEDULED_TASK, SWEEP_TASK
 from workers.broker import probe_queues, publish_backlog, record_progress
-from workers.celery_app import FANOUT_QUEUE, PLATFORM_QUEUES
+from workers.celery_app import (
+    DELIVER_TASK,
+    FANOUT_QUEUE,
+    FANOUT_TASK,
+    HOUSEKEEPING_TASK,
+    PLATFORM_QUEUES,
+    RELEASE_SCHEDULED_TASK,
+    SWEEP_TASK,
+)
 from workers.metrics import record_chunk
 from workers.runtime import runtime
 
@@ -36,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(name=FANOUT_TASK, bind=True)
-def fanout(self, notification_ids: list[str] | str, enqueued_at: float | None = None) -> None:
+def fanout(self: Task, notification_ids: list[str] | str, enqueued_at: float | None = None) -> None:
     """Fan out a batch of notifications (all of one request) and enqueue their delivery chunks.
 
     ``enqueued_at`` (the publish time) moves the fan-out queue's head for the sweep.
@@ -44,7 +54,7 @@ def fanout(self, notification_ids: list[str] | str, enqueued_at: float | None = 
     rt = runtime(self.app)
     ids = [uuid.UUID(i) for i in ([notification_ids] if isinstance(notification_ids, str) else notification_ids)]
 
-    def work(session):
+    def work(session: Session) -> list[Chunk]:
         chunks = fan_out(session, ids, utcnow(), rt.adapters.keys(), rt.settings.delivery_chunk_size)
         # The chunks carry the request ids this fan-out's message carried (headers), for their log lines.
         after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks, request_ids=current_request_ids()))
@@ -57,7 +67,7 @@ def fanout(self, notification_ids: list[str] | str, enqueued_at: float | None = 
 
 
 @shared_task(name=DELIVER_TASK, bind=True)
-def deliver(self, platform: str, delivery_ids: list[str], enqueued_at: float | None = None) -> None:
+def deliver(self: Task, platform: str, delivery_ids: list[str], enqueued_at: float | None = None) -> None:
     """Claim a chunk, push it concurrently, write its outcomes: a handful of statements per chunk.
 
     ``enqueued_at`` (the publish time) moves the platform queue's head for the sweep.
@@ -78,7 +88,7 @@ def deliver(self, platform: str, delivery_ids: list[str], enqueued_at: float | N
         return
     # The claim is committed: a redelivered copy of this task cannot push these again.
     credentials = rt.credentials.get_many(claim.app_versions)
-    results = []
+    results: list[tuple[ClaimedDelivery, Outcome]] = []
     for app_id, deliveries in claim.by_app().items():
         app = credentials.get(app_id)
         outcomes = (
@@ -102,7 +112,7 @@ def deliver(self, platform: str, delivery_ids: list[str], enqueued_at: float | N
 
 
 @shared_task(name=SWEEP_TASK, bind=True)
-def sweep(self) -> None:
+def sweep(self: Task) -> None:
     """Re-enqueue what was lost (never what still waits in its queue) and retries that are due.
 
     Also measures the delivery backlog for the API's backpressure headers and drops expired
@@ -134,12 +144,12 @@ def sweep(self) -> None:
 
 
 @shared_task(name=RELEASE_SCHEDULED_TASK, bind=True)
-def release_scheduled(self) -> None:
+def release_scheduled(self: Task) -> None:
     """Release scheduled sends whose send_at has come: one fan-out task per released batch, after its commit."""
     rt = runtime(self.app)
     released = 0
     for _ in range(10):  # bounded per run; a backlog beyond 10 batches waits for the next tick
-        def work(session):
+        def work(session: Session) -> list[uuid.UUID]:
             ids = scheduled.release_due(session, utcnow())
             after_commit(session, lambda: rt.dispatcher.enqueue_fanout(ids))
             return ids
@@ -153,7 +163,7 @@ def release_scheduled(self) -> None:
 
 
 @shared_task(name=HOUSEKEEPING_TASK, bind=True)
-def housekeep(self) -> None:
+def housekeep(self: Task) -> None:
     """Delete old final notifications, disable idle devices, drop long-revoked clients: in bounded batches."""
     rt = runtime(self.app)
     s = rt.settings

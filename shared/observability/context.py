@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import re
 import uuid
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 MAX_REQUEST_ID_CHARS = 128  # notifications.request_id is String(128)
 # Visible ASCII only: no spaces or control characters, so an id never breaks a log line or a header.
@@ -47,12 +47,12 @@ def current_request_ids() -> tuple[str, ...]:
     return _current.get()
 
 
-def set_request_ids(ids: Iterable[str]) -> contextvars.Token:
+def set_request_ids(ids: Iterable[str]) -> contextvars.Token[tuple[str, ...]]:
     """Set the ids for what follows; pass the token to :func:`reset_request_ids` when done."""
     return _current.set(clean_request_ids(ids))
 
 
-def reset_request_ids(token: contextvars.Token) -> None:
+def reset_request_ids(token: contextvars.Token[tuple[str, ...]]) -> None:
     _current.reset(token)
 
 

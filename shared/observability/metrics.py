@@ -29,8 +29,9 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, cast
 
 from shared.config import Settings
 
@@ -239,7 +240,7 @@ class _HostCollector:
         for _ in range(3):  # a group that stops during the scrape takes its files along
             files = glob.glob(str(self.base / "*" / "*.db"))
             try:
-                return MultiProcessCollector.merge(files, accumulate=True)
+                return cast(Iterable[Any], MultiProcessCollector.merge(files, accumulate=True))
             except FileNotFoundError:
                 continue
         return []

@@ -24,7 +24,7 @@ import logging
 import re
 import secrets
 import uuid
-from typing import Iterable
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from shared.db_upsert import dialect_insert
 from shared.errors import AppNotFound, DeviceNotFound
 from shared.guards import RegistrationLimiter
-from shared.pagination import Page, keyset_page
 from shared.models import Device, Enrollment, utcnow
+from shared.pagination import Page, keyset_page
 from shared.tokens import canonical_token
 
 UNREGISTERED = "unregistered"

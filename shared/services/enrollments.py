@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from shared.db import rows_affected
 from shared.db_upsert import insert_ignore
 from shared.errors import EnrollmentNotFound
 from shared.models import Enrollment, utcnow
@@ -20,14 +21,14 @@ def enroll(session: Session, app_id: uuid.UUID, user_ids: Iterable[uuid.UUID]) -
     if not rows:
         return 0
     result = session.execute(insert_ignore(session, Enrollment, rows, ["app_id", "user_id"]))
-    return max(result.rowcount or 0, 0)
+    return rows_affected(result)
 
 
 def unenroll(session: Session, app_id: uuid.UUID, user_id: uuid.UUID) -> None:
     result = session.execute(
         delete(Enrollment).where(Enrollment.app_id == app_id, Enrollment.user_id == user_id)
     )
-    if not result.rowcount:
+    if not rows_affected(result):
         raise EnrollmentNotFound()
 
 

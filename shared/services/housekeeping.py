@@ -9,14 +9,14 @@ many locks or a long transaction next to live traffic; a run does at most
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import run_in_transaction
+from shared.db import rows_affected, run_in_transaction
 from shared.models import Device, Notification, NotificationStatus, OAuthClient
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def delete_old_notifications(session: Session, now: datetime, older_than_days: i
     result = session.execute(
         delete(Notification).where(Notification.id.in_(batch)).execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rows_affected(result)
 
 
 def disable_idle_devices(session: Session, now: datetime, idle_days: int, batch_size: int) -> int:
@@ -80,7 +80,7 @@ def disable_idle_devices(session: Session, now: datetime, idle_days: int, batch_
         .values(disabled_at=now, disabled_reason=IDLE_REASON.format(days=idle_days))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rows_affected(result)
 
 
 def delete_revoked_clients(session: Session, now: datetime, revoked_days: int, batch_size: int) -> int:
@@ -94,7 +94,7 @@ def delete_revoked_clients(session: Session, now: datetime, revoked_days: int, b
     result = session.execute(
         delete(OAuthClient).where(OAuthClient.client_id.in_(batch)).execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rows_affected(result)
 
 
 def in_batches(

@@ -9,7 +9,6 @@ the second simply proceeds. So two racing requests send once.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,8 +17,10 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from shared.db import rows_affected
 from shared.db_upsert import insert_ignore
 from shared.errors import ServiceError
+from shared.message import compact_json
 from shared.models import IdempotencyKey
 
 MAX_KEY_LENGTH = 255
@@ -44,8 +45,7 @@ class StoredResponse:
 
 
 def request_fingerprint(method: str, path: str, body: Any) -> str:
-    canonical = json.dumps([method, path, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(compact_json([method, path, body], sort_keys=True)).hexdigest()
 
 
 def begin(
@@ -65,7 +65,7 @@ def begin(
         )
     )
     row = {"app_id": app_id, "key": key, "request_hash": fingerprint, "created_at": now}
-    inserted = session.execute(insert_ignore(session, IdempotencyKey, [row], ["app_id", "key"])).rowcount
+    inserted = rows_affected(session.execute(insert_ignore(session, IdempotencyKey, [row], ["app_id", "key"])))
     if inserted:
         return None
     existing = session.scalars(
@@ -91,4 +91,4 @@ def finish(session: Session, app_id: uuid.UUID, key: str, status_code: int, body
 def purge_expired(session: Session, now: datetime, ttl_seconds: int) -> int:
     """Delete keys past their replay window (run by the scheduler's sweep)."""
     result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now - timedelta(seconds=ttl_seconds)))
-    return result.rowcount or 0
+    return rows_affected(result)

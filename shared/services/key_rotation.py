@@ -8,8 +8,9 @@ schema can use the crypto type without an import cycle.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, cast
 
 from sqlalchemy import Text, Update, bindparam, select, type_coerce, update
 from sqlalchemy.orm import Session
@@ -31,9 +32,9 @@ class RotationReport:
     duplicate_devices_disabled: int = 0
 
 
-def encrypted_columns() -> dict[Table, list[Column]]:
+def encrypted_columns() -> dict[Table, list[Column[Any]]]:
     """Every table of the schema with its EncryptedText columns."""
-    found: dict[Table, list[Column]] = {}
+    found: dict[Table, list[Column[Any]]] = {}
     for table in Base.metadata.sorted_tables:
         columns = [column for column in table.columns if isinstance(column.type, crypto.EncryptedText)]
         if columns:
@@ -87,12 +88,12 @@ def rotate(session: Session, batch_size: int = 500) -> RotationReport:
     return report
 
 
-def _primary_key(table: Table) -> Column:
+def _primary_key(table: Table) -> Column[Any]:
     (pk,) = table.primary_key.columns  # every table with secrets has a single-column id
     return pk
 
 
-def _batches(session: Session, table: Table, columns: list[Column], batch_size: int) -> Iterator[list[Any]]:
+def _batches(session: Session, table: Table, columns: list[Column[Any]], batch_size: int) -> Iterator[Sequence[Any]]:
     """Rows ``(id, raw values...)`` in primary key order, a locked batch at a time."""
     pk = _primary_key(table)
     raw = [type_coerce(column, Text).label(column.name) for column in columns]
@@ -108,7 +109,7 @@ def _batches(session: Session, table: Table, columns: list[Column], batch_size: 
         yield rows
 
 
-def _raw_update(table: Table, columns: list[Column]) -> Update:
+def _raw_update(table: Table, columns: list[Column[Any]]) -> Update:
     """UPDATE writing already-encrypted values as they are (typed Text, not EncryptedText)."""
     pk = _primary_key(table)
     return (
@@ -122,7 +123,7 @@ def _rehash_device_tokens(session: Session, ring: crypto.Keyring, batch_size: in
     """Give every device the token hash of the current key (a new PUSHQ_TOKEN_HASH_KEY, or the
     unkeyed hashes of before). A device re-registered meanwhile under the new hash already has a
     row: the stale duplicate is disabled instead, so the user is never pushed twice."""
-    table = Device.__table__
+    table = cast(Table, Device.__table__)
     pk = table.c.id
     last = None
     while True:

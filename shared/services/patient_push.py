@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import redis
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.guards import QuotaDecision, QuotaPolicy
-from shared.outcome_bus import wait_for_outcomes, wait_slot
 from shared.models import Delivery, DeliveryStatus, Device, Platform, utcnow
+from shared.outcome_bus import wait_for_outcomes, wait_slot
 from shared.services.patients import resolve_person
 from shared.services.sends import Enqueue, SendRequest, create_notifications
 

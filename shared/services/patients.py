@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from shared.db import rows_affected
 from shared.db_upsert import dialect_insert
 from shared.errors import IdentityMappingNotFound, PatientNotFound
 from shared.models import Patient, utcnow
 from shared.pagination import Page, keyset_page
 
-MAX_BULK_MAPPINGS = 1000
 
-
-def _upsert(session: Session, app_id: uuid.UUID, rows: list[tuple[uuid.UUID, uuid.UUID | None]]) -> None:
+def _upsert(session: Session, app_id: uuid.UUID, rows: Sequence[tuple[uuid.UUID, uuid.UUID | None]]) -> None:
     now = utcnow()
     insert = dialect_insert(session, Patient).values(
         [{"app_id": app_id, "patient_id": patient, "person_id": person, "created_at": now, "updated_at": now}
@@ -80,7 +79,7 @@ def delete_mapping(session: Session, app_id: uuid.UUID, patient_id: uuid.UUID) -
 
 def delete_patient(session: Session, app_id: uuid.UUID, patient_id: uuid.UUID) -> None:
     result = session.execute(delete(Patient).where(Patient.app_id == app_id, Patient.patient_id == patient_id))
-    if not result.rowcount:
+    if not rows_affected(result):
         raise PatientNotFound()
 
 

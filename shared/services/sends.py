@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -15,13 +16,13 @@ from shared.errors import DataTooLarge, ServiceError, UserNotEnrolled
 from shared.guards import QuotaDecision, QuotaPolicy
 from shared.message import Message, compact_json
 from shared.models import App, Notification, NotificationStatus, utcnow
+from shared.platforms import TIGHTEST_PAYLOAD_BYTES
 from shared.services.enrollments import not_enrolled
 
 MAX_DATA_BYTES = 4096
-# The tightest vendor limit: Web Push's 4096-byte encrypted body leaves 3993 bytes of
-# plaintext. Title, data and url are never cut, so they must leave room for at least
-# an ellipsis of body; otherwise no vendor could ever carry the message.
-MAX_PUSH_PLAINTEXT_BYTES = 3993
+# Title, data and url are never cut, so they must leave room for at least an ellipsis
+# of body within the tightest vendor limit; otherwise no vendor could carry the message.
+MAX_PUSH_PLAINTEXT_BYTES = TIGHTEST_PAYLOAD_BYTES
 _ELLIPSIS_BYTES = len("…".encode())
 MAX_TITLE_CHARS = 256
 MAX_BODY_CHARS = 4096

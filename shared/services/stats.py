@@ -17,13 +17,22 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Integer, case, cast, func, select
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
-from shared.models import OPEN_DELIVERY_STATUSES, App, Delivery, DeliveryStatus, Device, Notification, NotificationStatus, Platform
+from shared.models import (
+    OPEN_DELIVERY_STATUSES,
+    App,
+    Delivery,
+    DeliveryStatus,
+    Device,
+    Notification,
+    NotificationStatus,
+    Platform,
+)
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -132,7 +141,7 @@ def devices_by_platform(session: Session) -> dict[uuid.UUID, dict[str, PlatformD
     return dict(result)
 
 
-def _epoch_minute(session: Session, column: ColumnElement) -> ColumnElement:
+def _epoch_minute(session: Session, column: ColumnElement[Any]) -> ColumnElement[Any]:
     """Minutes since the epoch of a timestamp column, computed by the database (PostgreSQL or SQLite)."""
     if session.get_bind().dialect.name == "postgresql":
         return func.floor(func.extract("epoch", column) / 60)

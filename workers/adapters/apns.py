@@ -11,9 +11,9 @@ business: :mod:`workers.vendors.apns_client`.
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from aioapns import PushType
 
@@ -22,14 +22,14 @@ from shared.message import Message, compact_json
 from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
+from shared.platforms import APNS_MAX_PAYLOAD_BYTES, APNS_TOKEN
 from workers.adapters.base import AppCredentials, parse_retry_after
 from workers.vendors.aioapns_fixes import PushRequest
 from workers.vendors.apns_client import ApnsAnswer, ApnsClient, ApnsCredentials, ApnsFailure
 
-MAX_PAYLOAD_BYTES = 4096
+MAX_PAYLOAD_BYTES = APNS_MAX_PAYLOAD_BYTES
 PRIORITY_HIGH = 10
 PRIORITY_NORMAL = 5
-_HEX_TOKEN = re.compile(r"[0-9a-fA-F]{64,200}")
 
 encode_payload = compact_json  # the exact bytes sent to APNs: compact UTF-8 JSON
 
@@ -129,7 +129,7 @@ class ApnsAdapter:
         self.client.close()
 
     def _prepare(self, delivery: ClaimedDelivery, now: datetime) -> Outcome | tuple[PushRequest, bool]:
-        if not _HEX_TOKEN.fullmatch(delivery.token):
+        if not APNS_TOKEN.fullmatch(delivery.token):
             return Outcome.dead_token("BadDeviceToken (not a hex APNs device token)")
         content = delivery.message
         try:

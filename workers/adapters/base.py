@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from shared.delivery import ClaimedDelivery
 from shared.models import App
@@ -30,7 +31,7 @@ class AppCredentials:
     fcm_service_account: str | None = None
 
     @classmethod
-    def from_model(cls, app: App) -> "AppCredentials":
+    def from_model(cls, app: App) -> AppCredentials:
         return cls(
             app_id=app.id,
             vapid_private_key=app.vapid_private_key,

@@ -25,9 +25,10 @@ import math
 import os
 import threading
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -41,13 +42,14 @@ from shared.message import compact_json
 from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
+from shared.platforms import FCM_MAX_MESSAGE_BYTES
 from workers.adapters.base import AppCredentials, parse_retry_after
 from workers.vendors.loop import LoopThread
 
 log = logging.getLogger(__name__)
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-MAX_MESSAGE_BYTES = 4096  # the serialized ``message`` object
+MAX_MESSAGE_BYTES = FCM_MAX_MESSAGE_BYTES  # the serialized ``message`` object
 MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's android.ttl range is 0-28 days
 QUOTA_RETRY_FLOOR_SECONDS = 60.0  # Google: back off at least a minute on QUOTA_EXCEEDED
 MAX_REASON_CHARS = 300
@@ -121,7 +123,7 @@ def _shorten(text: str) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
-def classify_response(response: "_Answer", truncated: bool = False) -> tuple[Outcome, bool]:
+def classify_response(response: _Answer, truncated: bool = False) -> tuple[Outcome, bool]:
     """FCM's answer as an Outcome, and whether the access token must be dropped (401).
 
     Google's error shape is ``{"error": {"code", "status", "message", "details":
@@ -176,7 +178,9 @@ class _TimeoutRequest(google.auth.transport.requests.Request):
         super().__init__(session=session)
         self._timeout = timeout
 
-    def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):  # type: ignore[override]
+    def __call__(
+        self, url: str, method: str = "GET", body: Any = None, headers: Any = None, timeout: Any = None, **kwargs: Any
+    ) -> Any:
         return super().__call__(url, method, body, headers, timeout=timeout or self._timeout, **kwargs)
 
 
@@ -276,7 +280,7 @@ class FcmAdapter:
                     raise _CredentialsProblem(
                         Outcome.rejected(_shorten(f"FCM service account refused by the token endpoint: {_describe(exc)}"))
                     ) from None
-            return credentials.token
+            return str(credentials.token)
 
     @staticmethod
     def _drop_token(auth: _AppAuth, token: str) -> None:
@@ -301,7 +305,7 @@ class FcmAdapter:
         waves = math.ceil(len(deliveries) / self.max_workers)
         try:
             return self._loop.run(self._send_all(auth, token, url, deliveries), waves * self.deadline + _GRACE_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - a chunk's outcomes must all come back
+        except Exception as exc:
             log.exception("fcm: chunk of %d failed", len(deliveries))
             return [Outcome.retry(f"FCM client error: {type(exc).__name__}")] * len(deliveries)
 
@@ -327,7 +331,7 @@ class FcmAdapter:
         # delivery becomes a retry, not an exception losing the others' outcomes.
         try:
             return await self._send(client, auth, token, url, delivery)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("fcm: unexpected error sending delivery %s", delivery.delivery_id)
             return Outcome.retry(f"unexpected error sending to FCM: {type(exc).__name__}")
 
@@ -370,7 +374,7 @@ class _Answer:
     """FCM's answer as :func:`classify_response` reads it (status, headers, JSON body; an
     ``httpx.Response`` has the same shape, which the tests use)."""
 
-    __slots__ = ("status_code", "headers", "body")
+    __slots__ = ("body", "headers", "status_code")
 
     def __init__(self, status_code: int, headers: Mapping[str, str], body: bytes) -> None:
         self.status_code, self.headers, self.body = status_code, headers, body

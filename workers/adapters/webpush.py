@@ -18,8 +18,8 @@ import math
 import os
 import socket
 import ssl
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -34,14 +34,13 @@ from shared.message import Message, compact_json
 from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
+from shared.platforms import WEBPUSH_MAX_PLAINTEXT_BYTES
 from workers.adapters.base import AppCredentials, parse_retry_after
 from workers.vendors.loop import LoopThread
 
 log = logging.getLogger(__name__)
 
-# aes128gcm adds an 86-byte header, 1 delimiter byte and a 16-byte tag; push
-# services may refuse bodies over 4096 bytes, so plaintext must stay within 3993.
-MAX_PLAINTEXT_BYTES = 4096 - 86 - 1 - 16
+MAX_PLAINTEXT_BYTES = WEBPUSH_MAX_PLAINTEXT_BYTES  # shared/platforms.py says why 3993
 VAPID_LIFETIME_SECONDS = 12 * 3600
 VAPID_RENEW_BEFORE_SECONDS = 3600
 MAX_ANSWER_BYTES = 16 * 1024  # push services answer with empty or tiny bodies
@@ -79,7 +78,7 @@ class VapidHeaders:
             vapid = self._keys[app.vapid_public_key] = Vapid.from_pem(app.vapid_private_key.encode())
         expires = int(now) + VAPID_LIFETIME_SECONDS
         # A fresh claims dict each time: py_vapid writes into it.
-        header = vapid.sign({"sub": app.vapid_subject, "aud": origin, "exp": expires})["Authorization"]
+        header: str = vapid.sign({"sub": app.vapid_subject, "aud": origin, "exp": expires})["Authorization"]
         self._headers[cache_key] = (header, expires)
         return header
 
@@ -123,7 +122,7 @@ class PublicAddressResolver(AbstractResolver):
 class Subscription:
     """A browser's push subscription as stored in the device token: endpoint and its keys."""
 
-    __slots__ = ("endpoint", "origin", "receiver_key", "auth_secret")
+    __slots__ = ("auth_secret", "endpoint", "origin", "receiver_key")
 
     def __init__(self, token: str) -> None:
         document = json.loads(token)
@@ -137,10 +136,11 @@ class Subscription:
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """RFC 8291 aes128gcm with a new ephemeral ECDH key for this message."""
-        return http_ece.encrypt(
+        encrypted: bytes = http_ece.encrypt(
             plaintext, private_key=ec.generate_private_key(ec.SECP256R1()), dh=self.receiver_key,
             auth_secret=self.auth_secret, version="aes128gcm",
         )
+        return encrypted
 
 
 def classify(status: int, headers: Mapping[str, str], truncated: bool = False) -> Outcome:
@@ -191,7 +191,7 @@ class WebPushAdapter:
         waves = math.ceil(len(deliveries) / self.concurrency)
         try:
             return self._loop.run(self._send_all(app, deliveries), waves * self.deadline + _GRACE_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - a chunk's outcomes must all come back
+        except Exception as exc:
             log.exception("web push chunk of %d failed", len(deliveries))
             return [Outcome.retry(f"web push client error: {type(exc).__name__}")] * len(deliveries)
 
@@ -219,7 +219,7 @@ class WebPushAdapter:
         """Any failure of this one push becomes its outcome; the chunk's other pushes go on."""
         try:
             return await self._send(app, delivery)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("web push: unexpected error for delivery %s", delivery.delivery_id)
             return Outcome.retry(f"unexpected error pushing: {type(exc).__name__}")
 

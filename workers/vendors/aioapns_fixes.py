@@ -43,7 +43,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from aioapns import NotificationRequest
 from aioapns.common import NotificationResult
@@ -244,13 +245,14 @@ class PushqProtocol(APNsTLSClientProtocol):
         self._window_changed.set()
         self._window_changed = asyncio.Event()
 
-    def on_response_received(self, headers: dict[bytes, bytes]) -> None:  # type: ignore[override]
+    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
         notification_id = headers.get(b"apns-id", b"").decode("utf8", "replace")
         future = self.requests.get(notification_id)
         if future is None or future.done():
             self._drop_done(notification_id)
-            if self.on_late_answer is not None:
-                self.on_late_answer()
+            on_late_answer = type(self).on_late_answer
+            if on_late_answer is not None:
+                on_late_answer()
             log.info(
                 "late APNs answer %s for %s: the adapter had given up on it",
                 headers.get(b":status", b"?").decode("ascii", "replace"),
@@ -260,7 +262,7 @@ class PushqProtocol(APNsTLSClientProtocol):
             retry_after = headers.get(b"retry-after")
             if retry_after:
                 self._retry_after[notification_id] = retry_after.decode("ascii", "replace")
-        super().on_response_received(headers)  # type: ignore[arg-type]
+        super().on_response_received(headers)
 
     def on_data_received(self, data: bytes, stream_id: int) -> None:
         # Hand the window back, or after ~64 KiB of error bodies the server stalls.

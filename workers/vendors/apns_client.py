@@ -15,8 +15,8 @@ import logging
 import os
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from aioapns import APNs
 from aioapns.connection import (
@@ -163,7 +163,7 @@ class ApnsClient:
             ssl_context=self.ssl_context,
         )
         base = APNsDevelopmentClientProtocol if app.sandbox else APNsProductionClientProtocol
-        client.pool.protocol_class = type(  # type: ignore[assignment]
+        client.pool.protocol_class = type(
             f"Pushq{base.__name__}",
             (PushqProtocol, base),
             {

@@ -13,7 +13,8 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class LoopThread:
             future.cancel()
             raise TimeoutError(f"{self.name}: gave up after {timeout:.1f} s") from None
 
-    def close(self, shutdown: Callable[[], Awaitable[None]] | None = None, timeout: float = 5.0) -> None:
+    def close(self, shutdown: Callable[[], Coroutine[Any, Any, None]] | None = None, timeout: float = 5.0) -> None:
         """Run ``shutdown`` on the loop (closing connections), then stop the thread."""
         with self._lock:
             loop, thread, pid = self._loop, self._thread, self._pid
@@ -69,7 +70,7 @@ class LoopThread:
             if shutdown is not None:
                 try:
                     asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=timeout)
-                except Exception:  # noqa: BLE001 - closing is best effort
+                except Exception:
                     log.exception("%s did not shut down cleanly", self.name)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=timeout)

@@ -1,7 +1,8 @@
-"""``pushq demo``: one notification through the real pipeline to a local Web Push service.
+"""``make demo`` (``python -m standins.demo``): one notification through the real pipeline to a local Web Push service.
 
-Kept in a module of its own: it is the only command that needs the vendor
-stand-ins, imported inside the command, so the rest of the CLI never does.
+A development tool beside the stand-ins it needs: neither is part of the
+installed ``pushq`` package. Run it from a checkout while ``make run`` serves the
+API (from the same directory, so it finds the same ``var/`` development keys).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 
 from cli.common import CONTEXT_SETTINGS, configure_crypto, load_settings
 from shared.config import Settings
+from standins.webpush import WebPushStandin
 
 FINAL = {"delivered", "partially_delivered", "failed", "expired", "no_devices", "cancelled"}
 
@@ -41,11 +43,10 @@ def run_demo(settings: Settings, api_url: str, timeout: float = 30.0) -> dict[st
     """Register a subscription, send to it through ``api_url``, return what the push service decrypted."""
     import requests
 
-    from shared.token_signing import mint_token
     from shared.db import make_engine, make_session_factory, session_scope
     from shared.services.apps import create_app
     from shared.services.enrollments import enroll
-    from standins.webpush import WebPushStandin
+    from shared.token_signing import mint_token
 
     engine = make_engine(settings.database_url)
     with session_scope(make_session_factory(engine)) as session:
@@ -87,3 +88,7 @@ def run_demo(settings: Settings, api_url: str, timeout: float = 30.0) -> dict[st
         "notification": notification,
         "push_service_received_decrypted": received,
     }
+
+
+if __name__ == "__main__":
+    demo(prog_name="python -m standins.demo")
