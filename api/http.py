@@ -131,13 +131,18 @@ def endpoint(
             )
         )
 
+        # One schema instance per endpoint: building one deep-copies its fields (~0.5 ms a request),
+        # and load() keeps no state on the instance.
+        request_loader = request_schema() if request_schema is not None else None
+        query_loader = query_schema() if query_schema is not None else None
+
         @functools.wraps(view)
         def wrapper(**path_args: Any):
             principal = authorize(auth)
             if request_schema is not None:
-                payload = request_schema().load(json_body())
+                payload = request_loader.load(json_body())
             elif query_schema is not None:
-                payload = query_schema().load(request.args.to_dict())
+                payload = query_loader.load(request.args.to_dict())
             else:
                 payload = None
             key = request.headers.get("Idempotency-Key") if idempotent else None
