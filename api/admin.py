@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from flask import current_app, make_response, redirect, render_template, request
 from werkzeug.wrappers import Response
 
-from api.http import ApiError, db_session, page_blueprint
+from api.endpoints import page_blueprint
+from api.errors import ApiError
+from api.request_session import db_session
 from shared.models import utcnow
 from shared.services import stats
 

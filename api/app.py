@@ -9,7 +9,8 @@ from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import RevokedClients, TokenVerifier
-from api.http import discard_session, finish_session, register_error_handlers
+from api.errors import register_error_handlers
+from api.request_session import discard_session, finish_session
 from shared import crypto
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.admin import bp as admin_bp
     from api.client_kit import bp as client_kit_bp
 
-    # Pages, not API operations: left out of /openapi.json (api.http.PAGES).
+    # Pages, not API operations: left out of /openapi.json (api.endpoints.PAGES).
     app.register_blueprint(admin_bp)
     app.register_blueprint(client_kit_bp)
     from api.metrics import install_observability

@@ -20,7 +20,7 @@ from pathlib import Path
 from flask import abort, request
 from werkzeug.wrappers import Response
 
-from api.http import page_blueprint
+from api.endpoints import page_blueprint
 
 bp = page_blueprint("client_kit", __name__, "/client")
 

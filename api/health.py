@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 from sqlalchemy import text
 
-from api.http import db_session
+from api.request_session import db_session
 
 bp = Blueprint("health", __name__)
 

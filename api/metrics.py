@@ -19,7 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.http import db_session
+from api.request_session import db_session
 from shared.db import after_commit, session_scope
 from shared.models import Delivery, DeliveryStatus, Notification, NotificationStatus, utcnow
 from shared.observability.context import accept_request_id, reset_request_ids, set_request_ids

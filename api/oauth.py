@@ -19,7 +19,8 @@ from urllib.parse import unquote_plus
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, fields
 
-from api.http import db_session, endpoint
+from api.endpoints import endpoint
+from api.request_session import db_session
 from shared.guards import TooManyFailedAuthentications
 from shared.services import clients
 from shared.token_signing import TokenIssuer

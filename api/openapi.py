@@ -1,6 +1,6 @@
 """``GET /openapi.json``: the OpenAPI 3 document, generated from the routes' declarations.
 
-Each route is declared once with :func:`api.http.endpoint`; this module turns
+Each route is declared once with :func:`api.endpoints.endpoint`; this module turns
 those declarations and their marshmallow schemas into the document, so what is
 served and what is documented are the same thing.
 """
@@ -15,7 +15,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint
 
-from api.http import ENDPOINTS, EndpointSpec
+from api.endpoints import ENDPOINTS, EndpointSpec
 from api.schemas import ErrorSchema, ValidationErrorSchema
 
 bp = Blueprint("openapi", __name__)
@@ -39,7 +39,7 @@ def _implicit_errors(spec: EndpointSpec) -> dict[int, str]:
 
 
 # Response headers, by where the app sets them: every 429 says when to come back (shared.guards); a replayed
-# idempotent request says so (api.http._idempotent_call); an operation that takes from the daily quota (the
+# idempotent request says so (api.replay.idempotent_call); an operation that takes from the daily quota (the
 # ones documenting its 429) reports the quota on its answers (QuotaDecision.headers), except on replays.
 _RETRY_AFTER = {
     "description": "Seconds until the request may succeed.",

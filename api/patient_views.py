@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from api.auth import Principal
-from api.http import commit_request_session, db_session, endpoint, parse_id, remember_response
+from api.endpoints import endpoint, parse_id
 from api.metrics import count_accepted, current_request_id, enqueue_with_request_id
+from api.replay import remember_response
+from api.request_session import commit_request_session, db_session
 from api.schemas import (
     BulkMappingRequest,
     BulkMappingResponse,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from api.auth import Principal
-from api.http import db_session, endpoint, parse_id
+from api.endpoints import endpoint, parse_id
 from api.metrics import count_accepted, current_request_id, enqueue_with_request_id
+from api.request_session import db_session
 from api.schemas import (
     BatchSendRequest,
     BulkSendRequest,

@@ -6,7 +6,7 @@ import re
 
 from openapi_spec_validator import validate
 
-from api.http import PAGES
+from api.endpoints import PAGES
 
 
 def test_document_is_valid_openapi(client):

@@ -535,7 +535,7 @@ def test_a_database_error_in_a_request_is_logged_without_values(settings, databa
     secret_value = "very-secret-user-data-" + secrets.token_hex(8)
 
     def broken_view():
-        from api.http import db_session
+        from api.request_session import db_session
 
         db_session().execute(text("INSERT INTO enrollments (app_id, user_id, created_at) VALUES (:app, NULL, :when)"),
                              {"app": secret_value, "when": secret_value})
