@@ -12,9 +12,9 @@ export TEST_DATABASE_URL TEST_REDIS_URL
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-# The versions the tests passed with: requirements.lock (pip-compile of pyproject.toml's runtime, test and
+# The versions the tests passed with: requirements.lock (pip-compile of setup.cfg's runtime, test and
 # dev dependencies), then pushq itself without resolving anything again.
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): setup.cfg pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)  ## Create .venv and install pushq with its test and dev tools, at the locked versions
 
-lock: $(STAMP)  ## Re-resolve requirements.lock after a change to pyproject.toml's dependencies
+lock: $(STAMP)  ## Re-resolve requirements.lock after a change to setup.cfg's dependencies
 	$(BIN)/pip-compile --quiet --extra test --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
-		-o requirements.lock pyproject.toml
+		-o requirements.lock setup.cfg
 
 lint: $(STAMP)  ## ruff (a broad rule set, pyproject.toml) and mypy (strict on shared/ and workers/)
 	$(BIN)/ruff check .

@@ -31,7 +31,7 @@ or hang:
   a request times out on it is dropped (a half-open TCP connection would
   otherwise keep every later push timing out).
 
-aioapns is pinned to the 4.0 series (setup.cfg): this module subclasses its
+aioapns is pinned to the 4.0 series (setup.cfg install_requires): this module subclasses its
 protocol and reads its pool's ``connections`` and the channel pool's ``_waiters``;
 ``tests/test_apns_client.py::test_the_aioapns_internals_pushq_relies_on_are_there``
 fails if a release moves them.
