@@ -101,7 +101,7 @@ def fan_out(
         return []
     notifications = session.execute(
         select(Notification.id, Notification.app_id, Notification.user_id, Notification.platform,
-               Notification.expires_at, Notification.fanned_out_at)
+               Notification.expires_at, Notification.ttl, Notification.fanned_out_at)
         # A scheduled send is fanned out only once the scheduler has released it (never before
         # its send_at), a cancelled one never, whatever task names it.
         .where(Notification.id.in_(ids),
@@ -111,18 +111,19 @@ def fan_out(
     ).all()
     fresh = [n for n in notifications if n.fanned_out_at is None]
     done_before = [n.id for n in notifications if n.fanned_out_at is not None]
-    live = [n for n in fresh if n.expires_at > now]
 
     pending: list[tuple[str, uuid.UUID, uuid.UUID]] = []
-    status_of: dict[uuid.UUID, str] = {n.id: NotificationStatus.EXPIRED.value for n in fresh}
-    if live:
-        app_of = {n.id: n.app_id for n in live}
-        for n in live:
-            status_of[n.id] = NotificationStatus.NO_DEVICES.value
+    status_of: dict[uuid.UUID, str] = {
+        n.id: NotificationStatus.NO_DEVICES.value if _live(n.expires_at, n.ttl, now) else NotificationStatus.EXPIRED.value
+        for n in fresh
+    }
+    if fresh:
+        app_of = {n.id: n.app_id for n in fresh}
         # Devices are joined and deliveries created inside the database: one statement,
-        # and no device row travels to Python.
+        # and no device row travels to Python. A notification whose ttl ran out while it
+        # waited in pushq's queue gets its deliveries too, closed "expired" with the reason.
         for delivery_id, notification_id, platform, status in session.execute(
-            _insert_deliveries(session, [n.id for n in live], now, supported_platforms)
+            _insert_deliveries(session, [n.id for n in fresh], now, supported_platforms)
         ):
             if status == DeliveryStatus.PENDING.value:
                 status_of[notification_id] = NotificationStatus.SENDING.value
@@ -154,11 +155,30 @@ def fan_out(
     return chunked(pending, chunk_size)
 
 
+EXPIRED_IN_QUEUE = "ttl ran out in pushq's queue, before fan-out"
+
+
+def _live(expires_at: datetime, ttl: int, now: datetime) -> bool:
+    """Whether a notification may still be pushed at ``now``.
+
+    A ttl of 0 means what it means to the vendors: deliver now or drop it. Its
+    ``expires_at`` is its acceptance, so it is pushed once, as soon as a worker
+    reaches it, with a TTL of 0, and never retried (:func:`outcome_values`).
+    """
+    return ttl == 0 or expires_at > now
+
+
 def _insert_deliveries(
     session: Session, notification_ids: list[uuid.UUID], now: datetime, supported_platforms: Collection[str]
 ) -> Any:
-    """INSERT ... SELECT one delivery per (notification, active device of its user), RETURNING them."""
+    """INSERT ... SELECT one delivery per (notification, active device of its user), RETURNING them.
+
+    Each delivery keeps the device's generation: it is pushed only while the device
+    is still what it was now (see :func:`claim_chunk`).
+    """
     supported = Device.platform.in_(sorted(supported_platforms))
+    # The SQL form of _live(), with the same ``now``.
+    expired = and_(Notification.ttl > 0, Notification.expires_at <= literal(now, Notification.expires_at.type))
     if session.get_bind().dialect.name == "postgresql":
         new_id: Any = func.gen_random_uuid()
     else:  # SQLite keeps UUIDs as 32 hex characters
@@ -169,8 +189,10 @@ def _insert_deliveries(
             Notification.id,
             Device.id,
             Device.platform,
-            case((supported, DeliveryStatus.PENDING.value), else_=DeliveryStatus.UNSUPPORTED.value),
-            case((supported, None), else_="platform not supported"),
+            Device.generation,
+            case((expired, DeliveryStatus.EXPIRED.value), (supported, DeliveryStatus.PENDING.value),
+                 else_=DeliveryStatus.UNSUPPORTED.value),
+            case((expired, EXPIRED_IN_QUEUE), (supported, None), else_="platform not supported"),
             literal(0),
             literal(now, Delivery.created_at.type),
             literal(now, Delivery.updated_at.type),
@@ -187,8 +209,8 @@ def _insert_deliveries(
         .where(Notification.id.in_(notification_ids))
         .order_by(Notification.id, Device.created_at, Device.id)
     )
-    columns = ["id", "notification_id", "device_id", "platform", "status", "last_error", "attempts", "created_at",
-               "updated_at"]
+    columns = ["id", "notification_id", "device_id", "platform", "device_generation", "status", "last_error",
+               "attempts", "created_at", "updated_at"]
     return (
         dialect_insert(session, Delivery)
         .from_select(columns, rows)
@@ -231,6 +253,10 @@ class Claim:
         return dict(groups)
 
 
+DEVICE_OTHER_OWNER = "device registered by another user since fan-out: not pushed"
+DEVICE_RE_REGISTERED = "device registered again since fan-out (re-enabled or moved between users): not pushed"
+
+
 def claim_chunk(
     session: Session, delivery_ids: Sequence[uuid.UUID], now: datetime, lease_seconds: int, max_attempts: int
 ) -> Claim:
@@ -238,20 +264,25 @@ def claim_chunk(
 
     Claimable: pending; retrying whose ``next_attempt_at`` is due; sending whose
     lease ran out (its worker died). In the same UPDATE, deliveries that must not
-    be pushed are closed instead: the notification expired, the device was
-    disabled or unregistered after fan-out, or the attempts are used up. Of two
-    workers holding the same ids only one gets each delivery. On PostgreSQL the
-    UPDATE also returns the message, token and credentials version; elsewhere
-    (SQLite, for ``make run``) one SELECT follows.
+    be pushed are closed instead: the notification expired (a ttl-0 one only once
+    it was attempted), the device was disabled or unregistered after fan-out, the
+    device is no longer what it was at fan-out (it now belongs to another user, or
+    was registered again after being disabled: a message goes only to the person
+    it was meant for), or the attempts are used up. Of two workers holding the
+    same ids only one gets each delivery. On PostgreSQL the UPDATE also returns
+    the message, token and credentials version; elsewhere (SQLite, for ``make
+    run``) one SELECT follows.
     """
     token = uuid.uuid4()
     if not delivery_ids:
         return Claim(token, [])
     lease_cutoff = now - timedelta(seconds=lease_seconds)
-    expired = Notification.expires_at <= now
+    expired = and_(Notification.expires_at <= now, or_(Notification.ttl > 0, Delivery.attempts > 0))
     device_gone = Device.disabled_at.is_not(None)
+    other_owner = Device.user_id != Notification.user_id
+    re_registered = Delivery.device_generation != Device.generation
     exhausted = Delivery.attempts >= max_attempts
-    pushable = and_(~expired, ~device_gone, ~exhausted)
+    pushable = and_(~expired, ~device_gone, ~other_owner, ~re_registered, ~exhausted)
     statement = (
         update(Delivery)
         .where(
@@ -271,13 +302,15 @@ def claim_chunk(
         .values(
             status=case(
                 (expired, DeliveryStatus.EXPIRED.value),
-                (device_gone, DeliveryStatus.REJECTED.value),
+                (or_(device_gone, other_owner, re_registered), DeliveryStatus.REJECTED.value),
                 (exhausted, DeliveryStatus.FAILED.value),
                 else_=DeliveryStatus.SENDING.value,
             ),
             last_error=case(
                 (expired, "ttl expired before delivery"),
                 (device_gone, "device disabled before the push"),
+                (other_owner, DEVICE_OTHER_OWNER),
+                (re_registered, DEVICE_RE_REGISTERED),
                 (exhausted, f"gave up: {max_attempts} attempts used"),
                 else_=Delivery.last_error,
             ),
@@ -346,6 +379,8 @@ def outcome_values(
         return {"status": DeliveryStatus.DEAD_TOKEN.value, "last_error": outcome.reason}
     if outcome.kind is OutcomeKind.REJECTED:
         return {"status": DeliveryStatus.REJECTED.value, "last_error": outcome.reason}
+    if claimed.message.ttl == 0:  # "now or never": the one attempt was it
+        return {"status": DeliveryStatus.EXPIRED.value, "last_error": f"ttl 0, not retried: {outcome.reason}"}
     if claimed.attempts >= policy.max_attempts:
         return {"status": DeliveryStatus.FAILED.value,
                 "last_error": f"gave up after {claimed.attempts} attempts: {outcome.reason}"}
@@ -539,20 +574,94 @@ def stale_queued_notifications(
     return ids
 
 
+# Deliveries released per kind and per run, in chunks: the sweep (per kind) and the retry tick
+# never hold more than this many in memory or publish more than this many chunks at once;
+# what is beyond it waits for the next run, oldest first.
+RELEASE_CHUNKS_PER_RUN = 100
+
+
+def release_limit(chunk_size: int) -> int:
+    """Deliveries one run releases at most, per kind: :data:`RELEASE_CHUNKS_PER_RUN` chunks."""
+    return chunk_size * RELEASE_CHUNKS_PER_RUN
+
+
+def _release(session: Session, due: Any, oldest_first: Any, now: datetime, limit: int) -> list[Any]:
+    """Make up to ``limit`` deliveries matching ``due`` pending again, oldest first; their (platform, app_id, id).
+
+    One statement on PostgreSQL. Rows are picked with ``FOR UPDATE SKIP LOCKED``
+    (a claim holding them is left to finish) in a materialized CTE, so the LIMIT
+    is run once (see :func:`shared.services.scheduled.release_due`); the UPDATE
+    re-checks ``due`` and returns each row's app from the joined notification.
+    SQLite (``make run``) cannot return a joined column: one SELECT follows there.
+    Touching ``updated_at`` marks them enqueued from now.
+    """
+    picked = (
+        select(Delivery.id)
+        .where(due)
+        .order_by(oldest_first, Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+        .prefix_with("MATERIALIZED")
+    )
+    statement = (
+        update(Delivery)
+        .where(Delivery.id == picked.c.id, due)
+        .values(status=DeliveryStatus.PENDING.value, next_attempt_at=None, claimed_at=None, claim_token=None,
+                updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        return list(session.execute(
+            statement.where(Notification.id == Delivery.notification_id)
+            .returning(Delivery.platform, Notification.app_id, Delivery.id)
+        ))
+    rows = session.execute(statement.returning(Delivery.platform, Delivery.notification_id, Delivery.id)).all()
+    if not rows:
+        return []
+    apps = dict(session.execute(
+        select(Notification.id, Notification.app_id).where(Notification.id.in_({r[1] for r in rows}))
+    ).all())
+    return [(platform, apps[notification_id], delivery_id) for platform, notification_id, delivery_id in rows]
+
+
+def _due_retries(now: datetime) -> Any:
+    return and_(Delivery.status == DeliveryStatus.RETRYING.value, Delivery.next_attempt_at <= now)
+
+
+def release_due_retries(session: Session, now: datetime, chunk_size: int, limit: int | None = None) -> list[Chunk]:
+    """Make retries whose ``next_attempt_at`` has come pending; return them in chunks, to enqueue after commit.
+
+    Run by the scheduler every PUSHQ_SCHEDULE_INTERVAL, so a retry goes out within
+    about a second of its time rather than at the next sweep. Only ``retrying``
+    rows are touched: a released retry is pending and never released again by this
+    tick, however long it then waits in a deep queue. One statement (PostgreSQL), at most
+    ``limit`` (default :func:`release_limit`) deliveries, the longest due first,
+    along the (status, next_attempt_at) index.
+    """
+    limit = release_limit(chunk_size) if limit is None else limit
+    return chunked(_release(session, _due_retries(now), Delivery.next_attempt_at, now, limit), chunk_size)
+
+
 def release_due_deliveries(
     session: Session, now: datetime, stale_pending_seconds: int, lease_seconds: int, chunk_size: int,
-    *, lost_before: Mapping[str, datetime] | None = None,
+    *, lost_before: Mapping[str, datetime] | None = None, limit: int | None = None,
 ) -> list[Chunk]:
     """Make due work pending again and return it in chunks, to be enqueued after commit.
 
-    Due: retries whose time has come, pending deliveries whose enqueue was lost
+    Due: retries whose time has come (normally released by :func:`release_due_retries`
+    already; the sweep is the safety net), pending deliveries whose enqueue was lost
     (untouched for ``stale_pending_seconds``), and claims whose lease ran out
     (their worker died mid-send). Touching ``updated_at`` keeps the next sweep
     from enqueueing the same delivery again while it waits in the queue.
     ``lost_before`` (per platform, from the sweep's look at each queue: see
     shared/backlog.py) narrows "untouched" to "lost": a pending delivery still
     waiting its turn in a deep queue is left alone.
+
+    Each kind releases at most ``limit`` deliveries per run (default
+    :func:`release_limit`), the longest due first; the next sweep takes the rest.
     """
+    limit = release_limit(chunk_size) if limit is None else limit
     stale_pending: Any = now - timedelta(seconds=stale_pending_seconds)
     if lost_before:
         stale_pending = case(
@@ -560,36 +669,14 @@ def release_due_deliveries(
               for platform, cutoff in sorted(lost_before.items())),
             else_=literal(stale_pending, Delivery.updated_at.type),
         )
-    # One statement per kind, each served by the (status, next_attempt_at) index's status prefix.
+    # One bounded statement per kind, each ordered by the time it became due.
     due_kinds = (
-        and_(Delivery.status == DeliveryStatus.RETRYING.value, Delivery.next_attempt_at <= now),
-        and_(
-            Delivery.status == DeliveryStatus.PENDING.value,
-            Delivery.updated_at < stale_pending,
-        ),
-        and_(
-            Delivery.status == DeliveryStatus.SENDING.value,
-            Delivery.claimed_at < now - timedelta(seconds=lease_seconds),
-        ),
+        (_due_retries(now), Delivery.next_attempt_at),
+        (and_(Delivery.status == DeliveryStatus.PENDING.value, Delivery.updated_at < stale_pending),
+         Delivery.updated_at),
+        (and_(Delivery.status == DeliveryStatus.SENDING.value,
+              Delivery.claimed_at < now - timedelta(seconds=lease_seconds)),
+         Delivery.claimed_at),
     )
-    rows = [
-        row
-        for due in due_kinds
-        for row in session.execute(
-            update(Delivery)
-            .where(due)
-            .values(status=DeliveryStatus.PENDING.value, next_attempt_at=None, claimed_at=None, claim_token=None,
-                    updated_at=now)
-            .returning(Delivery.platform, Delivery.notification_id, Delivery.id)
-            .execution_options(synchronize_session=False)
-        )
-    ]
-    if not rows:
-        return []
-    apps = dict(
-        session.execute(
-            select(Notification.id, Notification.app_id).where(Notification.id.in_({r[1] for r in rows}))
-        ).all()
-    )
-    return chunked(((platform, apps[notification_id], delivery_id) for platform, notification_id, delivery_id in rows),
+    return chunked([row for due, oldest_first in due_kinds for row in _release(session, due, oldest_first, now, limit)],
                    chunk_size)

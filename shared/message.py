@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -61,8 +62,16 @@ class Message:
         return {name: getattr(self, name) for name in self.columns()}
 
     def remaining_ttl(self, now: datetime) -> int:
-        """Seconds the vendor may still hold the message; computed at each push."""
-        return max(int((self.expires_at - now).total_seconds()), 0)
+        """Seconds the vendor may still hold the message; computed at each push.
+
+        A ttl of 0 stays 0: the vendors' "deliver now or drop it". Any other ttl is
+        rounded up and is at least 1, so time spent in pushq's queue never turns a
+        short ttl into that special 0 (the claim closed it, explicitly, if it had
+        run out before the push).
+        """
+        if self.ttl == 0:
+            return 0
+        return max(math.ceil((self.expires_at - now).total_seconds()), 1)
 
     def payload(self, body: str | None = None) -> dict[str, Any]:
         """The app-facing document (Web Push's push event data): title, body, data and url."""

@@ -205,6 +205,10 @@ class Device(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[datetime | None] = mapped_column()
     disabled_reason: Mapped[str | None] = mapped_column(Text)
+    # Moves on by one whenever the device changes meaning: registered by another user, or
+    # re-enabled after being disabled. A delivery keeps the generation it was fanned out to
+    # and is pushed only while the device still has it (shared.delivery.claim_chunk).
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Notification(Base):
@@ -268,6 +272,8 @@ class Delivery(Base):
     notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notifications.id", ondelete="CASCADE"))
     device_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     platform: Mapped[str] = mapped_column(String(16))
+    # The device's generation when this delivery was created for the notification's user.
+    device_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     vendor_message_id: Mapped[str | None] = mapped_column(Text)

@@ -77,7 +77,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds, "options": {"expires": settings.sweep_interval_seconds * 2}},
-            # Scheduled sends wait in the database; this releases the due ones (never a Celery ETA).
+            # Scheduled sends and retries wait in the database; this tick releases the due ones (never a
+            # Celery ETA), so a retry goes out about a second after its next_attempt_at.
             "release-scheduled": {"task": RELEASE_SCHEDULED_TASK, "schedule": settings.schedule_interval_seconds,
                                   "options": {"expires": max(settings.schedule_interval_seconds * 2, 2.0)}},
             "housekeeping": {"task": HOUSEKEEPING_TASK, "schedule": settings.housekeeping_interval_seconds,

@@ -22,6 +22,7 @@ from shared.delivery import (
     fan_out,
     record_outcomes,
     release_due_deliveries,
+    release_due_retries,
     stale_queued_notifications,
 )
 from shared.models import utcnow
@@ -145,7 +146,13 @@ def sweep(self: Task) -> None:
 
 @shared_task(name=RELEASE_SCHEDULED_TASK, bind=True)
 def release_scheduled(self: Task) -> None:
-    """Release scheduled sends whose send_at has come: one fan-out task per released batch, after its commit."""
+    """The scheduler's tick (every PUSHQ_SCHEDULE_INTERVAL): release what waits in the database for its time.
+
+    Scheduled sends whose send_at has come (one fan-out task per released batch) and retries whose
+    next_attempt_at has come (one bounded statement, their chunks), each enqueued after its commit.
+    One task for both, so the tick adds no message to the maintenance queue, where a busy worker
+    would let ticks expire; the sweep stays the safety net for lost work.
+    """
     rt = runtime(self.app)
     released = 0
     for _ in range(10):  # bounded per run; a backlog beyond 10 batches waits for the next tick
@@ -160,6 +167,15 @@ def release_scheduled(self: Task) -> None:
             break
     if released:
         log.info("released %d scheduled notifications", released)
+
+    def retries(session: Session) -> list[Chunk]:
+        chunks = release_due_retries(session, utcnow(), rt.settings.delivery_chunk_size)
+        after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks))
+        return chunks
+
+    chunks = run_in_transaction(rt.session_factory, retries)
+    if chunks:
+        log.info("released %d due retries in %d chunks", sum(len(c.delivery_ids) for c in chunks), len(chunks))
 
 
 @shared_task(name=HOUSEKEEPING_TASK, bind=True)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db_upsert import dialect_insert
@@ -55,6 +55,13 @@ def register_device(
     includes ``app_id``, so a token registered into another app is another device,
     never this one moved.
 
+    A move to another user or a re-enable moves the device's ``generation`` on, in
+    the same statement: deliveries fanned out to what the device was before (the
+    previous owner's messages, or messages of before it was disabled) are then
+    closed unpushed at their claim. The same user registering the same token again
+    (a refresh, or refreshed Web Push keys of the same subscription) keeps the
+    generation, so that user's pending messages still go out, with the newest keys.
+
     ``max_devices`` (PUSHQ_MAX_DEVICES_PER_USER; None: no cap) bounds the user's
     active devices in the app: beyond it the least recently seen ones are disabled
     (OWASP API4: a user cannot make one send fan out without bound).
@@ -86,6 +93,12 @@ def register_device(
             "platform": insert.excluded.platform,
             "disabled_at": None,
             "disabled_reason": None,
+            # Every value here is computed from the row as it was before this statement.
+            "generation": case(
+                (or_(Device.user_id != insert.excluded.user_id, Device.disabled_at.is_not(None)),
+                 Device.generation + 1),
+                else_=Device.generation,
+            ),
         },
     ).returning(Device.id)
     device_id = session.execute(upsert).scalar_one()

@@ -54,6 +54,10 @@ class Harness:
     def attempts(self, handle: Any) -> int:
         return self.service.attempts(handle)
 
+    def ttls(self, handle: Any) -> list[int]:
+        """The time to live each accepted message carried on the wire, in seconds (APNs: 0 or seconds left)."""
+        raise NotImplementedError
+
 
 class WebHarness(Harness):
     platform, transient_error, server_error, dead_error, payload_limit = "web", 429, 503, 410, 3993
@@ -68,6 +72,9 @@ class WebHarness(Harness):
             payload = message.json()
             out.append(Received(payload["title"], payload["body"], payload["data"], len(message.payload), message.received_at))
         return out
+
+    def ttls(self, handle):
+        return [message.ttl for message in self.service.messages(handle)]
 
 
 class ApnsHarness(Harness):
@@ -89,6 +96,10 @@ class ApnsHarness(Harness):
             out.append(Received(alert["title"], alert["body"], message.payload.get("data", {}), size, message.received_at))
         return out
 
+    def ttls(self, handle):
+        # apns-expiration is a UNIX time, except 0: "deliver once, do not store".
+        return [0 if m.expiration == 0 else round(m.expiration - m.received_at) for m in self.service.messages(handle)]
+
 
 class FcmHarness(Harness):
     platform, payload_limit = "android", 4096
@@ -109,6 +120,9 @@ class FcmHarness(Harness):
             size = len(json.dumps(message.message, separators=(",", ":"), ensure_ascii=False).encode())
             out.append(Received(notification["title"], notification["body"], data, size, message.received_at))
         return out
+
+    def ttls(self, handle):
+        return [int(message.message["android"]["ttl"].removesuffix("s")) for message in self.service.messages(handle)]
 
 
 HARNESSES: dict[str, Callable[[Any], Harness]] = {"web": WebHarness, "ios": ApnsHarness, "android": FcmHarness}
@@ -212,6 +226,24 @@ def test_ttl_running_out_while_retrying_ends_expired_never_late(api, worker, ten
     (delivery,) = notification["deliveries"]
     assert (notification["status"], delivery["status"], delivery["attempts"]) == ("expired", "expired", 1)
     assert vendor.received(handle) == []
+
+
+def test_ttl_0_is_pushed_at_once_with_a_zero_ttl_and_never_retried(api, worker, tenant, vendor, user):
+    """ttl 0 is the vendors' "deliver now or drop it": pushed once, with TTL 0 on the wire; a transient error ends it."""
+    _, handle = register(api, tenant, vendor, user)
+    now = settled(api, tenant, send(api, tenant, user, ttl=0, title="Now"))
+    (delivery,) = now["deliveries"]
+    assert (now["status"], delivery["status"], delivery["attempts"]) == ("delivered", "sent", 1)
+    assert [r.title for r in vendor.received(handle)] == ["Now"]
+    assert vendor.ttls(handle) == [0]
+
+    vendor.fail(handle, vendor.transient_error, times=1, retry_after=1)
+    dropped = settled(api, tenant, send(api, tenant, user, ttl=0, title="Or never"))
+    (delivery,) = dropped["deliveries"]
+    assert (dropped["status"], delivery["status"], delivery["attempts"]) == ("expired", "expired", 1)
+    assert delivery["last_error"].startswith("ttl 0, not retried: ")
+    assert vendor.attempts(handle) == 2
+    assert [r.title for r in vendor.received(handle)] == ["Now"]
 
 
 def test_oversize_body_is_truncated_to_the_vendor_limit(api, worker, tenant, vendor, user):

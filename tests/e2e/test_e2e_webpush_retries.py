@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 
 from tests.support.flows import final_notification, register_web
+from tests.support.helpers import wait_for
 
 
 def send(api, tenant, user, **fields) -> str:
@@ -34,6 +35,28 @@ def test_429_retry_after_is_honoured_then_sent(api, worker, tenant, push_service
     (message,) = push_service.messages(subscription)
     created = datetime.fromisoformat(notification["created_at"]).timestamp()
     assert message.received_at - created >= 2.0  # not before Retry-After
+
+
+def test_a_retry_never_reaches_the_user_who_took_over_the_browser(api, worker, tenant, push_service):
+    """A's push gets 429 and waits for its retry; B signs in on the same browser (pushq.subscribe registers
+    the same subscription again, which moves the device to B). A's message must never be pushed to it."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    tenant.enroll(a, b)
+    subscription = push_service.new_subscription()
+    device_id = register_web(api, tenant, a, subscription)
+    push_service.set_behavior(subscription, 429, retry_after=4, times=1)
+    for_a = send(api, tenant, a, title="private for A")
+    wait_for(lambda: push_service.attempts(subscription) == 1, what="A's first push")
+    assert register_web(api, tenant, b, subscription) == device_id  # the same device, now B's
+
+    notification = final_notification(api, tenant, for_a)
+    (delivery,) = notification["deliveries"]
+    assert (notification["status"], delivery["status"], delivery["attempts"]) == ("failed", "rejected", 1)
+    assert delivery["last_error"] == "device registered by another user since fan-out: not pushed"
+    for_b = final_notification(api, tenant, send(api, tenant, b, title="for B"))
+    assert for_b["status"] == "delivered"
+    assert [m.json()["title"] for m in push_service.messages(subscription)] == ["for B"]
+    assert push_service.attempts(subscription) == 2  # A's 429, B's message: A's retry never went out
 
 
 def test_5xx_is_retried_until_the_attempt_limit_then_failed(api, worker, tenant, push_service):

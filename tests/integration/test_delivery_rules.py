@@ -109,7 +109,10 @@ def test_fan_out_marks_no_devices_and_expired(tenant, session_factory):
     with session_scope(session_factory) as session:
         assert session.get(Notification, lonely).status == "no_devices"
         assert session.get(Notification, short).status == "expired"
-        assert session.scalars(select(Delivery)).all() == []
+        # The ttl ran out while it waited in pushq's queue: said so on its delivery, never silently.
+        (closed,) = session.scalars(select(Delivery)).all()
+        assert (closed.notification_id, closed.status, closed.attempts) == (short, "expired", 0)
+        assert closed.last_error == "ttl ran out in pushq's queue, before fan-out"
 
 
 def test_a_delivery_is_claimed_once(notification_with_devices, session_factory):

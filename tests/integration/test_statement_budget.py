@@ -12,11 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, update
 
 from shared import crypto
 from shared.db import session_scope
-from shared.delivery import RetryPolicy, claim_chunk, fan_out, record_outcomes
+from shared.delivery import (
+    RetryPolicy,
+    claim_chunk,
+    fan_out,
+    record_outcomes,
+    release_due_deliveries,
+    release_due_retries,
+)
 from shared.models import Delivery, Device, utcnow
 from shared.outcomes import Outcome
 from shared.services.sends import SendRequest, create_notifications
@@ -134,3 +141,33 @@ def test_delivering_a_chunk_costs_the_same_statements_for_10_and_100_deliveries(
     assert small == large
     # claim; outcomes; dead devices; lock notifications; refresh their statuses
     assert large == ["UPDATE", "UPDATE", "UPDATE", "SELECT", "UPDATE"]
+
+
+def release_statements(engine, session_factory, delivery_ids) -> tuple[list[str], list[str]]:
+    """Make the deliveries due retries; count the retry tick's release, then the sweep's (retries again)."""
+    now = utcnow()
+    counts = []
+    for release in (lambda session: release_due_retries(session, now, 100),
+                    lambda session: release_due_deliveries(session, now, 60, 300, 100)):
+        with session_scope(session_factory) as session:
+            session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids))
+                            .values(status="retrying", next_attempt_at=now))
+        with counted(engine) as statements, session_scope(session_factory) as session:
+            chunks = release(session)
+        assert sum(len(c.delivery_ids) for c in chunks) == len(delivery_ids)
+        counts.append(statements)
+    return counts[0], counts[1]
+
+
+def test_releasing_due_work_costs_the_same_statements_for_10_and_100_deliveries(tenant, session_factory, engine):
+    users = add_users_with_devices(session_factory, tenant, 110, 1)
+    ids = accept_quietly(session_factory, tenant, users)
+    with session_scope(session_factory) as session:
+        by_size = {len(c.delivery_ids): c.delivery_ids for c in fan_out(session, ids, utcnow(), {"ios"}, 100)}
+    small_tick, small_sweep = release_statements(engine, session_factory, by_size[10])
+    large_tick, large_sweep = release_statements(engine, session_factory, by_size[100])
+    assert (small_tick, small_sweep) == (large_tick, large_sweep)
+    # the tick: one bounded UPDATE (a CTE picks the rows; it returns their apps)
+    assert large_tick == ["WITH"]
+    # the sweep: one bounded UPDATE per kind (retries, lost enqueues, run-out leases)
+    assert large_sweep == ["WITH", "WITH", "WITH"]

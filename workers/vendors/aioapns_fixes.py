@@ -30,6 +30,8 @@ or hang:
   stream instead of aioapns' 10 ms polling; a connection that stays silent while
   a request times out on it is dropped (a half-open TCP connection would
   otherwise keep every later push timing out).
+* A time to live of 0 is sent as ``apns-expiration: 0`` (Apple: attempt delivery
+  once, do not store); aioapns sends the current time instead.
 
 aioapns is pinned to the 4.0 series (setup.cfg install_requires): this module subclasses its
 protocol and reads its pool's ``connections`` and the channel pool's ``_waiters``;
@@ -190,7 +192,9 @@ class PushqProtocol(APNsTLSClientProtocol):
                 ("apns-topic", request.apns_topic or self.apns_topic),
             ]
             if request.time_to_live is not None:
-                headers.append(("apns-expiration", str(int(time.time()) + request.time_to_live)))
+                # 0 is Apple's "deliver once, do not store" (aioapns would send the current time).
+                expiration = int(time.time()) + request.time_to_live if request.time_to_live > 0 else 0
+                headers.append(("apns-expiration", str(expiration)))
             if request.priority is not None:
                 headers.append(("apns-priority", str(request.priority)))
             if request.collapse_key is not None:
