@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from shared.delivery import ClaimedDelivery
-from shared.outcomes import Outcome, OutcomeKind
+from shared.outcomes import MAX_RETRY_AFTER_SECONDS, Outcome, OutcomeKind
 from standins.fcm import FcmStandin
 from tests.support.helpers import claimed_delivery
 from workers.adapters.base import AppCredentials
@@ -266,6 +266,36 @@ def test_retry_after_as_http_date(adapter, fcm, app):
     outcome = send_one(adapter, app, d)
     assert outcome.kind is OutcomeKind.RETRY
     assert 80 <= outcome.retry_after <= 90
+
+
+def test_hostile_answers_are_cleaned_clamped_and_touch_no_other_push(adapter, fcm, app):
+    """Issue 16 item 2: every string of FCM's error JSON and its Retry-After are the vendor's values:
+    NUL and lone surrogates ("\\ud800" is valid JSON), any length, 300000000000 s or 400 digits."""
+    huge, endless, nul_message, odd_name, not_utf8, fine = (delivery() for _ in range(6))
+    fcm.set_behavior(huge.token, "UNAVAILABLE", retry_after="300000000000")
+    fcm.set_behavior(endless.token, "QUOTA_EXCEEDED", retry_after="9" * 400)
+    fcm.set_behavior(nul_message.token, "INVALID_ARGUMENT", body=json.dumps({"error": {
+        "code": 400, "status": "INVALID\x00ARGUMENT", "message": "bad\x00\ud800 " + "x" * 5000,
+        "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "\ud800" * 99}],
+    }}).encode())
+    fcm.set_behavior(odd_name.token, None, body=b'{"name":"projects/proj/messages/\\ud800\\u0000x"}')
+    fcm.set_behavior(not_utf8.token, "INTERNAL", body=b'{"error":{"message":"\xff\xfe"}}')
+
+    outcomes = adapter.send_many(app, [huge, endless, nul_message, odd_name, not_utf8, fine])
+
+    by_name = dict(zip(("huge", "endless", "nul_message", "odd_name", "not_utf8", "fine"), outcomes))
+    assert by_name["huge"].kind is OutcomeKind.RETRY and by_name["huge"].retry_after == MAX_RETRY_AFTER_SECONDS
+    assert by_name["endless"].kind is OutcomeKind.RETRY and by_name["endless"].retry_after == MAX_RETRY_AFTER_SECONDS
+    assert by_name["nul_message"].kind is OutcomeKind.REJECTED
+    assert by_name["nul_message"].reason.startswith("FCM answered 400 \ufffd")
+    assert by_name["odd_name"].kind is OutcomeKind.SENT
+    assert by_name["odd_name"].vendor_message_id == "projects/proj/messages/\ufffdx"
+    assert by_name["not_utf8"].kind is OutcomeKind.RETRY  # a body that is not UTF-8 is no JSON: the status decides
+    for outcome in outcomes:
+        for text in (outcome.reason or "", outcome.vendor_message_id or ""):
+            assert "\x00" not in text and len(text) <= 300
+            text.encode("utf-8")  # storable as it is
+    assert by_name["fine"].kind is OutcomeKind.SENT and len(fcm.messages(fine.token)) == 1
 
 
 def test_revoked_access_token_retries_then_refreshes(adapter, fcm, app):
