@@ -340,6 +340,22 @@ def test_unreachable_token_endpoint_is_retried(adapter, fcm, standin):
     assert "token endpoint" in outcome.reason
 
 
+def test_a_silent_token_endpoint_holds_a_chunk_at_most_the_push_deadline(fcm, standin):
+    """Issue 16 item 4: the token fetch honours the push deadline (before: the read timeout, 10 s here,
+    times google-auth's attempts), so a chunk waiting for a token finishes within its time limit."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    info = standin.new_service_account(PROJECT)
+    info["token_uri"] = f"http://127.0.0.1:{silent.getsockname()[1]}/token"
+    adapter = FcmAdapter(5.0, 10.0, base_url=fcm.base_url, max_workers=2, deadline=1.0, clock=lambda: NOW)
+    try:
+        outcomes = adapter.send_many(make_app(json.dumps(info)), [delivery(), delivery()])
+    finally:
+        adapter.close()
+        silent.close()  # the refresher thread's request ends with the listener
+    assert [o.kind for o in outcomes] == [OutcomeKind.RETRY] * 2
+    assert outcomes[0].reason == "FCM token endpoint did not answer within 1.0 s (the push deadline)"
+
+
 @pytest.mark.parametrize(
     ("service_account", "project_id", "reason"),
     [
