@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 
 import httpx
 import jsonschema
 import pytest
+import redis
+from sqlalchemy import text
 
 from api.app import create_app
+from tests.support.faults import RedisServer
 from tests.support.flows import register_web
 from tests.support.harness import LiveServer
 from tests.support.helpers import wait_for
@@ -216,9 +220,49 @@ def test_an_idempotency_key_is_answered_even_when_the_wait_fails(api, tenant, pu
     monkeypatch.setattr(service, "wait_for_first_attempts", broken_wait)
     headers = {**tenant.service_headers(), "Idempotency-Key": f"k-{uuid.uuid4()}"}
     body = {"patientId": str(patient), "title": "t", "body": "b"}
-    assert api.post("/v1/push/send", json=body, headers=headers).status_code == 500
+    first = api.post("/v1/push/send", json=body, headers=headers)  # committed: 200 whatever the wait did
+    assert first.status_code == 200 and first.json()["results"][0]["status"] == "pending"
     replay = api.post("/v1/push/send", json=body, headers=headers)
     assert replay.status_code == 200
     assert replay.headers["Idempotent-Replayed"] == "true"
     answer = replay.json()
     assert answer["results"][0]["status"] == "pending" and uuid.UUID(answer["notification_id"])
+
+
+def test_redis_failing_during_the_wait_still_answers_200_with_pending(tmp_path, api, worker, tenant, push_service,
+                                                                     settings, engine):
+    """Issue 16 item 6: once the send is committed, a Redis failure during the wait used to answer 503
+    "try again", and a retry without an Idempotency-Key sent the patient the message twice."""
+    patient, person = uuid.uuid4(), uuid.uuid4()
+    map_patient(api, tenant, patient, person)
+    tenant.enroll(person)
+    subscription = push_service.new_subscription()
+    device_id = register_web(api, tenant, person, subscription)
+    push_service.set_behavior(subscription, 201, delay=2, times=1)  # the wait is still on when Redis goes
+
+    # This API's Redis (quotas, the wait) is a redis-server of the test's own; its broker is the worker's.
+    own = RedisServer(tmp_path / "redis").start()
+    server = LiveServer(create_app(settings.replace(redis_url=own.url, broker_url=settings.redis_url))).start()
+    answers: list[httpx.Response] = []
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=30) as http:
+            sender = threading.Thread(target=lambda: answers.append(patient_send(http, tenant, patient)))
+            sender.start()
+            waiting = redis.Redis.from_url(own.url)
+            wait_for(lambda: waiting.pubsub_channels("pushq:outcomes:*"), what="the call waiting on Redis")
+            waiting.close()
+            own.stop()  # after the commit, during the wait
+            sender.join(timeout=30)
+    finally:
+        server.stop()
+        own.stop()
+
+    (answer,) = answers
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["results"] == [{"subscription_id": device_id, "status": "pending", "vendor_message_id": ""}]
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM notifications WHERE app_id = :a"), {"a": tenant.id}) == 1
+    final = wait_for(lambda: (lambda body: body if body["status"] == "delivered" else None)(
+        api.get(f"/push/notifications/{result['notification_id']}", headers=tenant.service_headers()).json()))
+    assert final["deliveries"][0]["status"] == "sent" and len(push_service.messages(subscription)) == 1
