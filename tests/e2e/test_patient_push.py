@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import uuid
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -13,9 +16,9 @@ import redis
 from sqlalchemy import text
 
 from api.app import create_app
-from tests.support.faults import RedisServer
+from tests.support.faults import Proc, RedisServer, free_port, port_open
 from tests.support.flows import register_web
-from tests.support.harness import LiveServer
+from tests.support.harness import ROOT, TEST_ENV, LiveServer
 from tests.support.helpers import wait_for
 
 # The contract's 200 response schema, copied from the API document (seed 000).
@@ -266,3 +269,57 @@ def test_redis_failing_during_the_wait_still_answers_200_with_pending(tmp_path, 
     final = wait_for(lambda: (lambda body: body if body["status"] == "delivered" else None)(
         api.get(f"/push/notifications/{result['notification_id']}", headers=tenant.service_headers()).json()))
     assert final["deliveries"][0]["status"] == "sent" and len(push_service.messages(subscription)) == 1
+
+
+def test_a_waiter_killed_mid_wait_frees_its_slot_at_its_own_expiry_under_steady_traffic(
+    tmp_path, api, worker, tenant, push_service, settings, redis_client
+):
+    """Issue 16 item 6: the per-app wait slots were one counter whose expiry every call reset, so the
+    slot of a waiter killed mid-wait never came back while other waits kept coming. Now each waiter's
+    slot expires on its own: PUSHQ_FANOUT_WAIT_SECONDS + 5 s after it was taken."""
+    limits = {"PUSHQ_MAX_WAITS_PER_APP": "1", "PUSHQ_FANOUT_WAIT_SECONDS": "5"}
+    stalled_patient, stalled_person, patient, person = (uuid.uuid4() for _ in range(4))
+    tenant.enroll(stalled_person, person)
+    for p, q in ((stalled_patient, stalled_person), (patient, person)):
+        map_patient(api, tenant, p, q)
+    stalled = push_service.new_subscription()
+    push_service.set_behavior(stalled, 201, delay=60)  # its first attempt is never answered in time
+    register_web(api, tenant, stalled_person, stalled)
+    register_web(api, tenant, person, push_service.new_subscription())
+
+    # The waiter: gunicorn as the Procfile runs it, killed (SIGKILL) while it waits: it never releases.
+    port = free_port()
+    web = next(line.split(":", 1)[1] for line in (ROOT / "Procfile").read_text().splitlines()
+               if line.startswith("web:"))
+    gunicorn = Proc("gunicorn", ["bash", "-c", f"exec {web}"],
+                    {**os.environ, **TEST_ENV, **limits, "PORT": str(port), "WEB_CONCURRENCY": "1",
+                     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONWARNINGS": "ignore"},
+                    tmp_path)
+    try:
+        wait_for(lambda: port_open(port), timeout=30, detail=gunicorn.tail)
+
+        def wait_there() -> None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30) as http:
+                try:
+                    patient_send(http, tenant, stalled_patient)
+                except httpx.HTTPError:
+                    pass  # killed
+
+        waiter = threading.Thread(target=wait_there)
+        waiter.start()
+        wait_for(lambda: redis_client.pubsub_channels("pushq:outcomes:*"), what="the gunicorn call waiting")
+    finally:
+        gunicorn.kill()
+    waiter.join(timeout=30)
+
+    # Steady traffic on another API process with the same limits: each call answers at once (no slot)
+    # until the killed waiter's slot expires; then a call waits and sees its push sent.
+    server = LiveServer(create_app(settings.replace(max_waits_per_app=1, fanout_wait_seconds=5))).start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=30) as http:
+            def waited() -> bool:
+                return patient_send(http, tenant, patient).json()["results"][0]["status"] == "sent"
+
+            wait_for(waited, timeout=40, interval=0.5, what="a call that got the killed waiter's slot")
+    finally:
+        server.stop()
