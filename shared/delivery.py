@@ -42,7 +42,7 @@ from shared.models import (
     Notification,
     NotificationStatus,
 )
-from shared.outcomes import MAX_REASON_CHARS, Outcome, OutcomeKind, clamp_delay, clean_text
+from shared.outcomes import MAX_REASON_CHARS, MAX_VENDOR_ID_CHARS, Outcome, OutcomeKind, clamp_delay, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -341,22 +341,28 @@ def _values_by_id(ids: Sequence[uuid.UUID], values: Sequence[Any], column: Any) 
 def outcome_values(
     claimed: ClaimedDelivery, outcome: Outcome, now: datetime, policy: RetryPolicy
 ) -> dict[str, Any]:
-    """What one outcome writes into its delivery row."""
+    """What one outcome writes into its delivery row.
+
+    Its text is cleaned again here (an Outcome cleans itself, but this is the last
+    step before PostgreSQL, which refuses NUL and invalid UTF-8 for the whole chunk).
+    """
+    reason = clean_text(outcome.reason, MAX_REASON_CHARS)
     if outcome.kind is OutcomeKind.SENT:
-        return {"status": DeliveryStatus.SENT.value, "vendor_message_id": outcome.vendor_message_id,
+        return {"status": DeliveryStatus.SENT.value,
+                "vendor_message_id": clean_text(outcome.vendor_message_id, MAX_VENDOR_ID_CHARS),
                 "sent_at": now, "last_error": None, "next_attempt_at": None}
     if outcome.kind is OutcomeKind.DEAD_TOKEN:
-        return {"status": DeliveryStatus.DEAD_TOKEN.value, "last_error": outcome.reason}
+        return {"status": DeliveryStatus.DEAD_TOKEN.value, "last_error": reason}
     if outcome.kind is OutcomeKind.REJECTED:
-        return {"status": DeliveryStatus.REJECTED.value, "last_error": outcome.reason}
+        return {"status": DeliveryStatus.REJECTED.value, "last_error": reason}
     if claimed.attempts >= policy.max_attempts:
         return {"status": DeliveryStatus.FAILED.value,
-                "last_error": clean_text(f"gave up after {claimed.attempts} attempts: {outcome.reason}", MAX_REASON_CHARS)}
+                "last_error": clean_text(f"gave up after {claimed.attempts} attempts: {reason}", MAX_REASON_CHARS)}
     due = now + timedelta(seconds=policy.delay(claimed.attempts, outcome.retry_after))
     if due >= claimed.message.expires_at:
         return {"status": DeliveryStatus.EXPIRED.value,
-                "last_error": clean_text(f"ttl expires before retry: {outcome.reason}", MAX_REASON_CHARS)}
-    return {"status": DeliveryStatus.RETRYING.value, "last_error": outcome.reason, "next_attempt_at": due}
+                "last_error": clean_text(f"ttl expires before retry: {reason}", MAX_REASON_CHARS)}
+    return {"status": DeliveryStatus.RETRYING.value, "last_error": reason, "next_attempt_at": due}
 
 
 def _row_values(claimed: ClaimedDelivery, outcome: Outcome, now: datetime, policy: RetryPolicy) -> dict[str, Any]:
@@ -439,7 +445,8 @@ def record_outcomes(
         written_count = _write_outcomes_portable(session, claim_token, rows, now)
     dead = [(claimed, outcome) for claimed, outcome in results if outcome.disable_device]
     if dead:
-        disable_devices(session, [(c.device_id, c.token_hash, o.reason or "dead token") for c, o in dead], now)
+        disable_devices(session, [(c.device_id, c.token_hash, clean_text(o.reason, MAX_REASON_CHARS) or "dead token")
+                                  for c, o in dead], now)
     truncated = {claimed.notification_id for claimed, outcome in results if outcome.truncated}
     refresh_statuses(session, {claimed.notification_id for claimed, _ in results}, now, truncated=truncated)
     return written_count
