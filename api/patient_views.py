@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, current_app
 
 from api.auth import Principal
@@ -24,6 +26,8 @@ from shared.errors import PatientNotFound
 from shared.models import utcnow
 from shared.services import patient_push, patients
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("patients", __name__)
 
 _NOT_FOUND = {404: "Patient not found / Identity mapping not found"}
@@ -38,7 +42,9 @@ def patient_send(principal: Principal, body: dict, **_):
     """Waits for each subscription's first delivery attempt up to PUSHQ_FANOUT_WAIT_SECONDS; what is
     still unanswered then is reported as `pending` and its outcome is readable at
     GET /push/notifications/{notification_id}. With a future `sendAt` it answers at once, every
-    subscription `pending` (the send is scheduled; cancel it with DELETE /push/notifications/{id})."""
+    subscription `pending` (the send is scheduled; cancel it with DELETE /push/notifications/{id}).
+    Once the send is stored the answer is 200 even if the wait fails (e.g. Redis goes away): the
+    subscriptions not known then are `pending`; only failures before the commit answer 503."""
     state = current_app.extensions["pushq"]
     started = patient_push.start_patient_send(
         db_session(), principal.app_id, body["patient_id"], title=body["title"], body=body["body"], url=body["url"],
@@ -55,10 +61,16 @@ def patient_send(principal: Principal, body: dict, **_):
     # Stored with the notification id before anything can fail: a replay never finds the key "in progress".
     remember_response(200, _send_response(started, pending))
     commit_request_session()
-    results = patient_push.wait_for_first_attempts(
-        state.session_factory, state.redis, started, state.settings.fanout_wait_seconds,
-        max_waits_per_app=state.settings.max_waits_per_app,
-    )
+    # Committed: from here the answer is 200 whatever happens (with `pending` for what is not known),
+    # or a caller retrying without an Idempotency-Key would send the patient the message twice.
+    try:
+        results = patient_push.wait_for_first_attempts(
+            state.session_factory, state.redis, started, state.settings.fanout_wait_seconds,
+            max_waits_per_app=state.settings.max_waits_per_app,
+        )
+    except Exception:
+        log.exception("waiting for the first attempts of notification %s failed", started.notification_id)
+        results = pending
     headers = started.quota.headers(utcnow()) if started.quota else {}
     return _send_response(started, results), 200, headers
 

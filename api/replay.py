@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import Principal
 from api.request_session import db_session
 from shared.models import utcnow
 from shared.services import idempotency
+
+log = logging.getLogger(__name__)
 
 
 def idempotent_call(
@@ -30,7 +34,13 @@ def idempotent_call(
     result = view(principal, payload, **path_args)
     body, status = result[0], result[1]
     if 200 <= status < 300:
-        remember_response(status, body)
+        try:
+            remember_response(status, body)
+        except SQLAlchemyError:
+            if not g.get("request_committed"):
+                raise
+            # The view committed its work and a provisional answer already: a replay gives that one.
+            log.warning("could not store the final answer of a committed request (%s)", request.path)
     return result
 
 

@@ -33,8 +33,11 @@ def finish_session(response: Response) -> Response:
     except Exception:
         log.exception("commit failed")
         session.rollback()
-        response = error_response(503, "unavailable", "Service temporarily unavailable, try again")
-        response.headers["Retry-After"] = "5"
+        if not g.get("request_committed"):
+            response = error_response(503, "unavailable", "Service temporarily unavailable, try again")
+            response.headers["Retry-After"] = "5"
+        # else: the view's work was committed before (commit_request_session): "try again" would
+        # do it twice. Only what came after (the final answer stored for replay) is lost.
     finally:
         session.close()
     return response
@@ -45,6 +48,7 @@ def commit_request_session() -> None:
     session = g.get("db_session")
     if session is not None:
         session.commit()
+        g.request_committed = True
 
 
 def discard_session(_exc: BaseException | None) -> None:

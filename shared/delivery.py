@@ -18,6 +18,7 @@ costs a constant number of SQL statements whatever the number of rows:
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections import defaultdict
@@ -41,7 +42,9 @@ from shared.models import (
     Notification,
     NotificationStatus,
 )
-from shared.outcomes import Outcome, OutcomeKind
+from shared.outcomes import MAX_REASON_CHARS, MAX_VENDOR_ID_CHARS, Outcome, OutcomeKind, clamp_delay, clean_text
+
+log = logging.getLogger(__name__)
 
 OPEN = [status.value for status in OPEN_DELIVERY_STATUSES]
 _MESSAGE_COLUMNS = [getattr(Notification, name) for name in Message.columns()]
@@ -55,9 +58,9 @@ class RetryPolicy:
 
     def delay(self, attempts: int, retry_after: float | None, rng: random.Random | None = None) -> float:
         """Exponential backoff with full jitter, capped; ``retry_after`` is a floor."""
-        ceiling = min(self.max_seconds, self.base_seconds * (2 ** max(attempts - 1, 0)))
+        ceiling = min(self.max_seconds, self.base_seconds * (2 ** min(max(attempts - 1, 0), 64)))
         jittered = (rng or random).uniform(0, ceiling)
-        return max(jittered, retry_after or 0.0)
+        return max(jittered, clamp_delay(retry_after) or 0.0)
 
 
 @dataclass(frozen=True)
@@ -371,23 +374,48 @@ def _values_by_id(ids: Sequence[uuid.UUID], values: Sequence[Any], column: Any) 
 def outcome_values(
     claimed: ClaimedDelivery, outcome: Outcome, now: datetime, policy: RetryPolicy
 ) -> dict[str, Any]:
-    """What one outcome writes into its delivery row."""
+    """What one outcome writes into its delivery row.
+
+    Its text is cleaned again here (an Outcome cleans itself, but this is the last
+    step before PostgreSQL, which refuses NUL and invalid UTF-8 for the whole chunk).
+    """
+    reason = clean_text(outcome.reason, MAX_REASON_CHARS)
     if outcome.kind is OutcomeKind.SENT:
-        return {"status": DeliveryStatus.SENT.value, "vendor_message_id": outcome.vendor_message_id,
+        return {"status": DeliveryStatus.SENT.value,
+                "vendor_message_id": clean_text(outcome.vendor_message_id, MAX_VENDOR_ID_CHARS),
                 "sent_at": now, "last_error": None, "next_attempt_at": None}
     if outcome.kind is OutcomeKind.DEAD_TOKEN:
-        return {"status": DeliveryStatus.DEAD_TOKEN.value, "last_error": outcome.reason}
+        return {"status": DeliveryStatus.DEAD_TOKEN.value, "last_error": reason}
     if outcome.kind is OutcomeKind.REJECTED:
-        return {"status": DeliveryStatus.REJECTED.value, "last_error": outcome.reason}
+        return {"status": DeliveryStatus.REJECTED.value, "last_error": reason}
     if claimed.message.ttl == 0:  # "now or never": the one attempt was it
-        return {"status": DeliveryStatus.EXPIRED.value, "last_error": f"ttl 0, not retried: {outcome.reason}"}
+        return {"status": DeliveryStatus.EXPIRED.value,
+                "last_error": clean_text(f"ttl 0, not retried: {reason}", MAX_REASON_CHARS)}
     if claimed.attempts >= policy.max_attempts:
         return {"status": DeliveryStatus.FAILED.value,
-                "last_error": f"gave up after {claimed.attempts} attempts: {outcome.reason}"}
+                "last_error": clean_text(f"gave up after {claimed.attempts} attempts: {reason}", MAX_REASON_CHARS)}
     due = now + timedelta(seconds=policy.delay(claimed.attempts, outcome.retry_after))
     if due >= claimed.message.expires_at:
-        return {"status": DeliveryStatus.EXPIRED.value, "last_error": f"ttl expires before retry: {outcome.reason}"}
-    return {"status": DeliveryStatus.RETRYING.value, "last_error": outcome.reason, "next_attempt_at": due}
+        return {"status": DeliveryStatus.EXPIRED.value,
+                "last_error": clean_text(f"ttl expires before retry: {reason}", MAX_REASON_CHARS)}
+    return {"status": DeliveryStatus.RETRYING.value, "last_error": reason, "next_attempt_at": due}
+
+
+def _row_values(claimed: ClaimedDelivery, outcome: Outcome, now: datetime, policy: RetryPolicy) -> dict[str, Any]:
+    """:func:`outcome_values`, and if one outcome cannot be turned into a row, a plainer row for it:
+    one bad value never stops the chunk's other outcomes from being written."""
+    try:
+        return outcome_values(claimed, outcome, now, policy)
+    except Exception as exc:
+        log.exception("outcome of delivery %s cannot be recorded as it is; recording its kind only",
+                      claimed.delivery_id)
+        reason = f"vendor answer not recordable ({type(exc).__name__})"
+    try:
+        return outcome_values(claimed, Outcome(outcome.kind, reason=reason), now, policy)
+    except Exception:
+        log.exception("outcome of delivery %s cannot be recorded; recording a retry", claimed.delivery_id)
+        return {"status": DeliveryStatus.RETRYING.value, "last_error": reason,
+                "next_attempt_at": now + timedelta(seconds=policy.max_seconds)}
 
 
 _OUTCOME_COLUMNS = ("status", "vendor_message_id", "sent_at", "last_error", "next_attempt_at")
@@ -440,7 +468,9 @@ def record_outcomes(
     """
     if not results:
         return 0
-    rows = [(claimed.delivery_id, outcome_values(claimed, outcome, now, policy)) for claimed, outcome in results]
+    results = [(claimed, outcome if isinstance(outcome, Outcome) else Outcome.retry("the adapter gave no outcome"))
+               for claimed, outcome in results]
+    rows = [(claimed.delivery_id, _row_values(claimed, outcome, now, policy)) for claimed, outcome in results]
     if session.get_bind().dialect.name == "postgresql":
         written_count = rows_affected(session.execute(
             _WRITE_OUTCOMES_PG,
@@ -451,7 +481,8 @@ def record_outcomes(
         written_count = _write_outcomes_portable(session, claim_token, rows, now)
     dead = [(claimed, outcome) for claimed, outcome in results if outcome.disable_device]
     if dead:
-        disable_devices(session, [(c.device_id, c.token_hash, o.reason or "dead token") for c, o in dead], now)
+        disable_devices(session, [(c.device_id, c.token_hash, clean_text(o.reason, MAX_REASON_CHARS) or "dead token")
+                                  for c, o in dead], now)
     truncated = {claimed.notification_id for claimed, outcome in results if outcome.truncated}
     refresh_statuses(session, {claimed.notification_id for claimed, _ in results}, now, truncated=truncated)
     return written_count

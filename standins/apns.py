@@ -58,7 +58,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -177,8 +177,10 @@ class _Behavior:
     reason: str | None
     remaining: int | None  # None = until changed
     delay: float
-    retry_after: int | None
+    retry_after: int | str | None
     set_at: float
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    body: bytes | None = None
 
 
 @dataclass
@@ -186,9 +188,11 @@ class _Decision:
     status: int
     reason: str | None = None
     delay: float = 0.0
-    retry_after: int | None = None
+    retry_after: int | str | None = None
     timestamp_ms: int | None = None
     message: ApnsMessage | None = None
+    headers: dict[bytes, bytes] = field(default_factory=dict)  # as sent, replacing any of the same name
+    body: bytes | None = None  # as sent, instead of the {"reason": ...} document
 
 
 class _Stream:
@@ -360,15 +364,20 @@ class ApnsStandin:
         *,
         times: int | None = None,
         delay: float = 0.0,
-        retry_after: int | None = None,
+        retry_after: int | str | None = None,
+        headers: dict[bytes, bytes] | None = None,
+        body: bytes | None = None,
     ) -> None:
         """How to answer pushes to ``device_token`` (``"*"``: every token without its own).
 
         ``reason`` is an APNs error reason (``REASON_STATUS`` gives its status),
         or None for 200. ``delay`` stalls the answer that many seconds (a hung
-        stream). ``retry_after`` adds a ``retry-after`` header. ``times`` limits
-        this to the next N requests that pass the auth/shape checks; after them
-        the token is answered normally again. A new call replaces the old one.
+        stream). ``retry_after`` adds a ``retry-after`` header (a string is sent as
+        it is). ``times`` limits this to the next N requests that pass the
+        auth/shape checks; after them the token is answered normally again. A new
+        call replaces the old one. A hostile APNs: ``headers`` are sent as given
+        (raw bytes, e.g. an ``apns-id`` that is not UTF-8) and ``body`` replaces an
+        error answer's JSON document.
         """
         if reason is not None and reason not in REASON_STATUS:
             raise ValueError(f"unknown APNs reason {reason!r}")
@@ -378,7 +387,7 @@ class ApnsStandin:
             raise ValueError("delay must be >= 0")
         key = device_token if device_token == "*" else device_token.lower()
         with self._lock:
-            self._behaviors[key] = _Behavior(reason, times, delay, retry_after, time.time())
+            self._behaviors[key] = _Behavior(reason, times, delay, retry_after, time.time(), dict(headers or {}), body)
 
     def freeze(self, seconds: float) -> None:
         """Send and read nothing on any connection for ``seconds`` (a half-open connection, seen from the client)."""
@@ -574,6 +583,8 @@ class ApnsStandin:
                 behavior.reason,
                 delay=behavior.delay,
                 retry_after=behavior.retry_after,
+                headers=behavior.headers,
+                body=behavior.body,
             )
             if decision.status == 410:
                 decision.timestamp_ms = int(behavior.set_at * 1000)
@@ -593,6 +604,7 @@ class ApnsStandin:
         if behavior is not None:
             decision.delay = behavior.delay
             decision.retry_after = behavior.retry_after
+            decision.headers = behavior.headers
         return decision, apns_id
 
     def _record(self, message: ApnsMessage) -> None:
@@ -752,20 +764,22 @@ class _ApnsServerProtocol(asyncio.Protocol):
         if stream is None:
             return
         headers = [
-            (":status", str(decision.status)),
-            ("apns-id", apns_id or str(uuid.uuid4()).upper()),
-            ("apns-unique-id", str(uuid.uuid4())),
+            (b":status", str(decision.status).encode()),
+            (b"apns-id", (apns_id or str(uuid.uuid4()).upper()).encode()),
+            (b"apns-unique-id", str(uuid.uuid4()).encode()),
         ]
         if decision.retry_after is not None:
-            headers.append(("retry-after", str(decision.retry_after)))
+            headers.append((b"retry-after", str(decision.retry_after).encode("latin-1")))
         body = b""
         if decision.status != 200:
             document: dict[str, Any] = {"reason": decision.reason}
             if decision.timestamp_ms is not None:
                 document["timestamp"] = decision.timestamp_ms
-            body = json.dumps(document, separators=(",", ":")).encode()
-            headers.append(("content-type", "application/json; charset=utf-8"))
-            headers.append(("content-length", str(len(body))))
+            body = json.dumps(document, separators=(",", ":")).encode() if decision.body is None else decision.body
+            headers.append((b"content-type", b"application/json; charset=utf-8"))
+            headers.append((b"content-length", str(len(body)).encode()))
+        if decision.headers:  # scripted: replace those of the same name, as given
+            headers = [(n, v) for n, v in headers if n not in decision.headers] + list(decision.headers.items())
         try:
             self.conn.send_headers(stream_id, headers, end_stream=not body)
         except H2Error as exc:  # e.g. the client reset the stream meanwhile

@@ -105,6 +105,7 @@ class _Behavior:
     remaining: int | None  # None = until replaced
     delay: float
     retry_after: str | None
+    body: bytes | None = None  # sent as it is instead of the usual answer
 
 
 @dataclass(frozen=True)
@@ -438,8 +439,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- helpers --------------------------------------------------------
 
-    def _send_json(self, code: int, body: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, indent=2).encode("utf-8") + b"\n"
+    def _send_json(self, code: int, body: dict | bytes, headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body, indent=2).encode("utf-8") + b"\n"
         self.send_response(code)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))
@@ -673,6 +674,7 @@ class FcmStandin:
         times: int | None = None,
         delay: float = 0.0,
         retry_after: int | str | None = None,
+        body: bytes | None = None,
     ) -> None:
         """Configure how sends to ``registration_token`` are answered.
 
@@ -680,8 +682,10 @@ class FcmStandin:
         ``times`` limits it to the next N send attempts (then: plain success);
         None keeps it until replaced.  ``delay`` stalls each answer that many
         seconds.  ``retry_after`` is sent as the Retry-After header (seconds or
-        an HTTP-date).  A call replaces any previous behaviour for the token;
-        ``set_behavior(token)`` restores plain success.
+        an HTTP-date).  ``body`` is sent as it is instead of the usual answer
+        (with the error's status, or 200): a hostile FCM's strings.  A call
+        replaces any previous behaviour for the token; ``set_behavior(token)``
+        restores plain success.
         """
         if error is not None and error not in FCM_ERRORS:
             raise ValueError(f"unknown FCM error {error!r}; expected one of {sorted(FCM_ERRORS)} or None")
@@ -691,9 +695,9 @@ class FcmStandin:
             raise ValueError("delay must be >= 0")
         if isinstance(retry_after, bool) or (isinstance(retry_after, int) and retry_after < 0):
             raise ValueError("retry_after must be a non-negative int, an HTTP-date string or None")
-        behavior = _Behavior(error, times, float(delay), None if retry_after is None else str(retry_after))
+        behavior = _Behavior(error, times, float(delay), None if retry_after is None else str(retry_after), body)
         with self._lock:
-            if error is None and not delay and retry_after is None:
+            if error is None and not delay and retry_after is None and body is None:
                 self._behaviors.pop(registration_token, None)
             else:
                 self._behaviors[registration_token] = behavior
@@ -875,13 +879,13 @@ class FcmStandin:
 
     def _handle_send(
         self, project_id: str, headers: Any, body: bytes
-    ) -> tuple[int, dict, dict[str, str]] | None:
+    ) -> tuple[int, dict | bytes, dict[str, str]] | None:
         try:
             return self._send(project_id, headers, body)
         except _ApiError as e:
             return e.code, e.body(), e.headers
 
-    def _send(self, project_id: str, headers: Any, body: bytes) -> tuple[int, dict, dict[str, str]] | None:
+    def _send(self, project_id: str, headers: Any, body: bytes) -> tuple[int, dict | bytes, dict[str, str]] | None:
         self._authenticate(project_id, headers)
         try:
             parsed = json.loads(body)
@@ -914,7 +918,7 @@ class FcmStandin:
             extra_headers["Retry-After"] = behavior.retry_after
         if behavior is not None and behavior.error is not None:
             err = _fcm_error(behavior.error, headers=extra_headers)
-            return err.code, err.body(), err.headers
+            return err.code, err.body() if behavior.body is None else behavior.body, err.headers
 
         if validate_only:
             return 200, {"name": f"projects/{project_id}/messages/fake_message_id"}, extra_headers
@@ -928,6 +932,8 @@ class FcmStandin:
         with self._lock:
             self._messages.setdefault(target, []).append(record)
             self._all_messages.append(record)
+        if behavior is not None and behavior.body is not None:
+            return 200, behavior.body, extra_headers
         return 200, {"name": record.name}, extra_headers
 
 

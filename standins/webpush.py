@@ -142,6 +142,7 @@ class _Behavior:
     retry_after: int | None
     remaining: int | None  # None: every future push
     delay: float
+    headers: dict[str, str] = field(default_factory=dict)  # added to the answer, replacing any of the same name
 
 
 @dataclass
@@ -325,12 +326,16 @@ class WebPushStandin:
         retry_after: int | None = None,
         times: int | None = None,
         delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Script the answers to the next ``times`` pushes (``None``: all of them).
 
         ``status`` other than 201 is answered without validating or storing
         anything; 429/503 carry ``Retry-After`` when ``retry_after`` is set.
         ``delay`` seconds are slept before answering, whatever the status.
+        ``headers`` are added to the answer (a 201 still stores the message), as
+        sent: each character is one byte on the wire (latin-1), so ``"\xff"`` makes
+        a header that is not UTF-8 (a hostile push service's ``Location``).
         """
         if not 100 <= int(status) <= 599:
             raise ValueError(f"not an HTTP status: {status!r}")
@@ -338,7 +343,7 @@ class WebPushStandin:
             raise ValueError("times must be None or >= 1")
         if delay < 0 or (retry_after is not None and retry_after < 0):
             raise ValueError("delay and retry_after must be >= 0")
-        behavior = _Behavior(int(status), retry_after, times, float(delay))
+        behavior = _Behavior(int(status), retry_after, times, float(delay), dict(headers or {}))
         with self._lock:
             self._lookup(subscription).behavior = behavior
 
@@ -414,7 +419,7 @@ class WebPushStandin:
             extra: dict[str, str] = {}
             if behavior.status in (429, 503) and behavior.retry_after is not None:
                 extra["Retry-After"] = str(behavior.retry_after)
-            return behavior.status, extra, "scripted by set_behavior"
+            return behavior.status, {**extra, **behavior.headers}, "scripted by set_behavior"
 
         ttl, urgency, topic = _check_push_headers(headers)
         claims, public_key = self._check_vapid(sub, headers.get("Authorization"))
@@ -453,7 +458,8 @@ class WebPushStandin:
                 sub.messages.append(message)
                 self._messages[message.id] = message
         location = f"{self.base_url}/_standin/messages/{message.id}"
-        return 201, {"Location": location, "TTL": str(ttl)}, f"{len(payload)} bytes"
+        scripted = behavior.headers if behavior is not None else {}
+        return 201, {"Location": location, "TTL": str(ttl), **scripted}, f"{len(payload)} bytes"
 
     def _check_vapid(self, sub: _Subscription, authorization: str | None) -> tuple[dict, str]:
         """Verify an RFC 8292 ``vapid t=<jwt>, k=<key>`` header; returns (claims, k).

@@ -88,10 +88,11 @@ class WorkerRuntime:
         return {
             "web": WebPushAdapter(s.vendor_connect_timeout, s.push_deadline, concurrency=s.push_concurrency,
                                   allow_http_loopback=s.allow_http_endpoints, extra_hosts=s.webpush_extra_hosts),
+            # Every adapter honours the push deadline: Settings.deliver_time_limits assume it.
             "ios": ApnsAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, host=s.apns_host, port=s.apns_port,
-                               ca_file=s.apns_ca_file),
+                               ca_file=s.apns_ca_file, deadline=s.push_deadline),
             "android": FcmAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, base_url=s.fcm_base_url,
-                                  max_workers=s.push_concurrency),
+                                  max_workers=s.push_concurrency, deadline=s.push_deadline),
         }
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import logging
 import uuid
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,7 @@ from shared.observability.context import current_request_ids, set_request_ids
 from shared.outcome_bus import publish_outcomes
 from shared.outcomes import Outcome
 from shared.services import housekeeping, idempotency, scheduled
+from workers.adapters.base import ChunkInterrupted
 from workers.broker import probe_queues, publish_backlog, record_progress
 from workers.celery_app import (
     DELIVER_TASK,
@@ -88,19 +90,38 @@ def deliver(self: Task, platform: str, delivery_ids: list[str], enqueued_at: flo
         record_progress(rt.redis, PLATFORM_QUEUES[platform], enqueued_at, claim.closed)
         return
     # The claim is committed: a redelivered copy of this task cannot push these again.
-    credentials = rt.credentials.get_many(claim.app_versions)
     results: list[tuple[ClaimedDelivery, Outcome]] = []
-    for app_id, deliveries in claim.by_app().items():
-        app = credentials.get(app_id)
-        outcomes = (
-            adapter.send_many(app, deliveries) if app is not None
-            else [Outcome.rejected("app no longer exists")] * len(deliveries)
-        )
-        results.extend(zip(deliveries, outcomes))
-    # The pushes happened: their outcomes must be written even if the database blips now.
-    written = run_in_transaction(
-        rt.session_factory, lambda session: record_outcomes(session, claim.token, results, utcnow(), rt.retry_policy)
-    )
+    try:
+        credentials = rt.credentials.get_many(claim.app_versions)
+        for app_id, deliveries in claim.by_app().items():
+            app = credentials.get(app_id)
+            try:
+                outcomes = (
+                    adapter.send_many(app, deliveries) if app is not None
+                    else [Outcome.rejected("app no longer exists")] * len(deliveries)
+                )
+            except ChunkInterrupted as interrupted:
+                results.extend(_paired(deliveries, interrupted.partial))
+                raise
+            results.extend(_paired(deliveries, outcomes))
+    except (ChunkInterrupted, SoftTimeLimitExceeded):
+        # The soft time limit: the answers that came back are written; what was not pushed
+        # or not answered is retried (the hard limit is one push deadline away).
+        answered = {claimed.delivery_id for claimed, _ in results}
+        unpushed = [d for d in claim.deliveries if d.delivery_id not in answered]
+        results.extend((d, Outcome.retry("not pushed: the chunk reached its time limit")) for d in unpushed)
+        log.warning("chunk of %d %s deliveries stopped at its time limit (%d not pushed)",
+                    len(claim.deliveries), platform, len(unpushed))
+
+    def write(session: Session) -> int:
+        return record_outcomes(session, claim.token, results, utcnow(), rt.retry_policy)
+
+    # The pushes happened: their outcomes must be written even if the database blips now,
+    # or the soft time limit fires during the write (it fires once: the second write runs).
+    try:
+        written = run_in_transaction(rt.session_factory, write)
+    except SoftTimeLimitExceeded:
+        written = run_in_transaction(rt.session_factory, write)
     awaited = {d.notification_id for d in claim.deliveries if d.notify_outcomes}
     if awaited:
         try:
@@ -110,6 +131,14 @@ def deliver(self: Task, platform: str, delivery_ids: list[str], enqueued_at: flo
     record_chunk(platform, results, claim.closed, adapter)  # counts per chunk, not per delivery
     log.info("delivered %d %s deliveries (%d written, %d closed at claim)", len(results), platform, written, claim.closed)
     record_progress(rt.redis, PLATFORM_QUEUES[platform], enqueued_at, written + claim.closed)
+
+
+def _paired(deliveries: list[ClaimedDelivery], outcomes: list[Outcome]) -> list[tuple[ClaimedDelivery, Outcome]]:
+    """Each delivery with its outcome; a delivery an adapter gave none for is retried, never left claimed."""
+    if len(outcomes) != len(deliveries):
+        log.error("adapter answered %d outcomes for %d deliveries", len(outcomes), len(deliveries))
+    missing = Outcome.retry("the adapter gave no outcome")
+    return [(delivery, outcomes[i] if i < len(outcomes) else missing) for i, delivery in enumerate(deliveries)]
 
 
 @shared_task(name=SWEEP_TASK, bind=True)

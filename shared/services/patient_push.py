@@ -7,6 +7,7 @@ and reads back what the push services answered to the first attempt.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,9 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.guards import QuotaDecision, QuotaPolicy
 from shared.models import Delivery, DeliveryStatus, Device, Platform, utcnow
-from shared.outcome_bus import wait_for_outcomes, wait_slot
+from shared.outcome_bus import WAIT_SLOT_GRACE_SECONDS, wait_for_outcomes, wait_slot
 from shared.services.patients import resolve_person
 from shared.services.sends import Enqueue, SendRequest, create_notifications
+
+log = logging.getLogger(__name__)
 
 SENT, REJECTED, PENDING = "sent", "rejected", "pending"
 _PENDING_STATUSES = {DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value, DeliveryStatus.RETRYING.value}
@@ -122,9 +125,12 @@ def wait_for_first_attempts(
     """Each subscription's first answer, waiting for the workers' announcements up to the deadline.
 
     Beyond ``max_waits_per_app`` concurrent waits of the app the answer comes at
-    once, with whatever is known (``pending`` for the rest).
+    once, with whatever is known (``pending`` for the rest). Never raises: the send
+    is committed when this runs, so if the wait fails (Redis gone, the database
+    blipping) the answer is what is known so far, ``pending`` for the rest; a
+    caller told otherwise would send again and the patient get it twice.
     """
-    results: list[SubscriptionResult] = []
+    results = [SubscriptionResult(subscription_id, PENDING, "") for subscription_id in started.subscription_ids]
 
     def answered() -> bool:
         nonlocal results
@@ -132,9 +138,18 @@ def wait_for_first_attempts(
             results = first_attempt_results(session, started)
         return all(result.status != PENDING for result in results)
 
-    with wait_slot(bus, started.app_id, max_waits_per_app) as may_wait:
-        if may_wait:
-            wait_for_outcomes(bus, started.notification_id, answered, deadline_seconds)
-        else:
-            answered()
+    try:
+        with wait_slot(bus, started.app_id, max_waits_per_app, deadline_seconds + WAIT_SLOT_GRACE_SECONDS) as may_wait:
+            if may_wait:
+                wait_for_outcomes(bus, started.notification_id, answered, deadline_seconds)
+            else:
+                answered()
+    except Exception as exc:
+        log.warning("waiting for the first attempts of notification %s failed (%s): answering with what is known",
+                    started.notification_id, type(exc).__name__)
+        try:
+            answered()  # the outcomes are in the database, whatever happened to Redis
+        except Exception as again:
+            log.warning("cannot read the first attempts of notification %s (%s)", started.notification_id,
+                        type(again).__name__)
     return results

@@ -255,3 +255,56 @@ def test_oversize_body_is_truncated_to_the_vendor_limit(api, worker, tenant, ven
     assert received.size <= vendor.payload_limit
     assert received.body.endswith("…") and body.startswith(received.body[:-1])
     assert len(received.body) > 1000
+
+
+def script_hostile_answers(vendor: Harness, odd: list[Any]) -> dict[int, str]:
+    """Make the vendor answer three of the chunk's pushes with values no code should trust;
+    returns each odd push's expected final delivery status."""
+    service, huge, endless = vendor.service, 300_000_000_000, "9" * 400
+    if vendor.platform == "web":
+        service.set_behavior(odd[0], 503, retry_after=huge)  # OverflowError on a datetime before
+        service.set_behavior(odd[1], 429, retry_after=int(endless))  # float("9" * 400) is infinity
+        service.set_behavior(odd[2], 201, headers={"Location": "https://push.example/m/\xff\xfe"})  # not UTF-8
+        return {0: "retrying", 1: "retrying", 2: "sent"}
+    if vendor.platform == "ios":
+        service.set_behavior(odd[0], "ServiceUnavailable", retry_after=str(huge))
+        service.set_behavior(odd[1], "TooManyRequests", retry_after=endless,
+                             body=b'{"reason":"TooMany\\u0000Requests\\ud800"}')  # NUL and a lone surrogate
+        # An apns-id that is not UTF-8 (aioapns decoded it strictly, killing the connection):
+        # unmatched, so retried once, then answered normally.
+        service.set_behavior(odd[2], None, times=1, headers={b"apns-id": b"\xff\xfe"})
+        return {0: "retrying", 1: "retrying", 2: "sent"}
+    service.set_behavior(odd[0], "UNAVAILABLE", retry_after=str(huge))
+    service.set_behavior(odd[1], "INVALID_ARGUMENT",
+                         body=b'{"error":{"code":400,"status":"INVALID\\u0000ARGUMENT","message":"bad\\u0000\\ud800"}}')
+    service.set_behavior(odd[2], None, body=b'{"name":"projects/p/messages/\\ud800\\u0000x"}')  # accepted
+    return {0: "retrying", 1: "rejected", 2: "sent"}
+
+
+def test_hostile_answers_in_a_chunk_never_stop_its_other_outcomes_being_written(api, worker, tenant, vendor, user):
+    """Issue 16 item 2: a huge or endless Retry-After, NUL, lone surrogates and non-UTF-8 in a vendor's
+    answer used to fail the chunk's whole outcome write: every delivery stayed `sending` and was
+    pushed again after the lease, the accepted ones included."""
+    devices = [register(api, tenant, vendor, user) for _ in range(5)]
+    odd, plain = devices[:3], devices[3:]
+    expected = script_hostile_answers(vendor, [handle for _, handle in odd])
+    notification_id = send(api, tenant, user, ttl=7 * 86_400)  # one chunk of five deliveries
+
+    def written():
+        body = api.get(f"/push/notifications/{notification_id}", headers=tenant.service_headers()).json()
+        status = {d["device_id"]: d["status"] for d in body["deliveries"]}
+        wanted = {**{odd[i][0]: s for i, s in expected.items()}, **{device_id: "sent" for device_id, _ in plain}}
+        return body if status == wanted else None
+
+    notification = wait_for(written, timeout=25, what="every outcome of the chunk written")
+    by_device = {d["device_id"]: d for d in notification["deliveries"]}
+    for device_id, handle in plain:  # accepted once, recorded as sent, never pushed again
+        assert (by_device[device_id]["attempts"], len(vendor.received(handle))) == (1, 1)
+    huge_retry = by_device[odd[0][0]]  # Retry-After 300000000000 s: clamped to a day
+    due = datetime.fromisoformat(huge_retry["next_attempt_at"]) - datetime.fromisoformat(huge_retry["updated_at"])
+    assert 86_000 < due.total_seconds() <= 86_400
+    for delivery in notification["deliveries"]:
+        for text in (delivery["last_error"] or "", delivery["vendor_message_id"] or ""):
+            assert "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
+    if vendor.platform != "ios":
+        assert "\ufffd" in by_device[odd[2][0]]["vendor_message_id"]  # what was not UTF-8, marked

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import threading
 import uuid
+from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
+import redis
+from sqlalchemy import text
 
 from api.app import create_app
+from tests.support.faults import Proc, RedisServer, free_port, port_open
 from tests.support.flows import register_web
-from tests.support.harness import LiveServer
+from tests.support.harness import ROOT, TEST_ENV, LiveServer
 from tests.support.helpers import wait_for
 
 # The contract's 200 response schema, copied from the API document (seed 000).
@@ -216,9 +223,103 @@ def test_an_idempotency_key_is_answered_even_when_the_wait_fails(api, tenant, pu
     monkeypatch.setattr(service, "wait_for_first_attempts", broken_wait)
     headers = {**tenant.service_headers(), "Idempotency-Key": f"k-{uuid.uuid4()}"}
     body = {"patientId": str(patient), "title": "t", "body": "b"}
-    assert api.post("/v1/push/send", json=body, headers=headers).status_code == 500
+    first = api.post("/v1/push/send", json=body, headers=headers)  # committed: 200 whatever the wait did
+    assert first.status_code == 200 and first.json()["results"][0]["status"] == "pending"
     replay = api.post("/v1/push/send", json=body, headers=headers)
     assert replay.status_code == 200
     assert replay.headers["Idempotent-Replayed"] == "true"
     answer = replay.json()
     assert answer["results"][0]["status"] == "pending" and uuid.UUID(answer["notification_id"])
+
+
+def test_redis_failing_during_the_wait_still_answers_200_with_pending(tmp_path, api, worker, tenant, push_service,
+                                                                     settings, engine):
+    """Issue 16 item 6: once the send is committed, a Redis failure during the wait used to answer 503
+    "try again", and a retry without an Idempotency-Key sent the patient the message twice."""
+    patient, person = uuid.uuid4(), uuid.uuid4()
+    map_patient(api, tenant, patient, person)
+    tenant.enroll(person)
+    subscription = push_service.new_subscription()
+    device_id = register_web(api, tenant, person, subscription)
+    push_service.set_behavior(subscription, 201, delay=2, times=1)  # the wait is still on when Redis goes
+
+    # This API's Redis (quotas, the wait) is a redis-server of the test's own; its broker is the worker's.
+    own = RedisServer(tmp_path / "redis").start()
+    server = LiveServer(create_app(settings.replace(redis_url=own.url, broker_url=settings.redis_url))).start()
+    answers: list[httpx.Response] = []
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=30) as http:
+            sender = threading.Thread(target=lambda: answers.append(patient_send(http, tenant, patient)))
+            sender.start()
+            waiting = redis.Redis.from_url(own.url)
+            wait_for(lambda: waiting.pubsub_channels("pushq:outcomes:*"), what="the call waiting on Redis")
+            waiting.close()
+            own.stop()  # after the commit, during the wait
+            sender.join(timeout=30)
+    finally:
+        server.stop()
+        own.stop()
+
+    (answer,) = answers
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["results"] == [{"subscription_id": device_id, "status": "pending", "vendor_message_id": ""}]
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM notifications WHERE app_id = :a"), {"a": tenant.id}) == 1
+    final = wait_for(lambda: (lambda body: body if body["status"] == "delivered" else None)(
+        api.get(f"/push/notifications/{result['notification_id']}", headers=tenant.service_headers()).json()))
+    assert final["deliveries"][0]["status"] == "sent" and len(push_service.messages(subscription)) == 1
+
+
+def test_a_waiter_killed_mid_wait_frees_its_slot_at_its_own_expiry_under_steady_traffic(
+    tmp_path, api, worker, tenant, push_service, settings, redis_client
+):
+    """Issue 16 item 6: the per-app wait slots were one counter whose expiry every call reset, so the
+    slot of a waiter killed mid-wait never came back while other waits kept coming. Now each waiter's
+    slot expires on its own: PUSHQ_FANOUT_WAIT_SECONDS + 5 s after it was taken."""
+    limits = {"PUSHQ_MAX_WAITS_PER_APP": "1", "PUSHQ_FANOUT_WAIT_SECONDS": "5"}
+    stalled_patient, stalled_person, patient, person = (uuid.uuid4() for _ in range(4))
+    tenant.enroll(stalled_person, person)
+    for p, q in ((stalled_patient, stalled_person), (patient, person)):
+        map_patient(api, tenant, p, q)
+    stalled = push_service.new_subscription()
+    push_service.set_behavior(stalled, 201, delay=60)  # its first attempt is never answered in time
+    register_web(api, tenant, stalled_person, stalled)
+    register_web(api, tenant, person, push_service.new_subscription())
+
+    # The waiter: gunicorn as the Procfile runs it, killed (SIGKILL) while it waits: it never releases.
+    port = free_port()
+    web = next(line.split(":", 1)[1] for line in (ROOT / "Procfile").read_text().splitlines()
+               if line.startswith("web:"))
+    gunicorn = Proc("gunicorn", ["bash", "-c", f"exec {web}"],
+                    {**os.environ, **TEST_ENV, **limits, "PORT": str(port), "WEB_CONCURRENCY": "1",
+                     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONWARNINGS": "ignore"},
+                    tmp_path)
+    try:
+        wait_for(lambda: port_open(port), timeout=30, detail=gunicorn.tail)
+
+        def wait_there() -> None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30) as http:
+                try:
+                    patient_send(http, tenant, stalled_patient)
+                except httpx.HTTPError:
+                    pass  # killed
+
+        waiter = threading.Thread(target=wait_there)
+        waiter.start()
+        wait_for(lambda: redis_client.pubsub_channels("pushq:outcomes:*"), what="the gunicorn call waiting")
+    finally:
+        gunicorn.kill()
+    waiter.join(timeout=30)
+
+    # Steady traffic on another API process with the same limits: each call answers at once (no slot)
+    # until the killed waiter's slot expires; then a call waits and sees its push sent.
+    server = LiveServer(create_app(settings.replace(max_waits_per_app=1, fanout_wait_seconds=5))).start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=30) as http:
+            def waited() -> bool:
+                return patient_send(http, tenant, patient).json()["results"][0]["status"] == "sent"
+
+            wait_for(waited, timeout=40, interval=0.5, what="a call that got the killed waiter's slot")
+    finally:
+        server.stop()

@@ -180,6 +180,33 @@ def test_outcomes_are_recorded_and_status_aggregated(notification_with_devices, 
         assert device.disabled_at is not None and device.disabled_reason == "Unregistered"
 
 
+def raw_outcome(outcome: Outcome, **values) -> Outcome:
+    """``outcome`` with ``values`` set past its own cleaning: what an adapter building one some other
+    way (or a bug) could hand to record_outcomes."""
+    for name, value in values.items():
+        object.__setattr__(outcome, name, value)
+    return outcome
+
+
+def test_one_unstorable_value_never_stops_the_chunks_other_outcomes(notification_with_devices, session_factory):
+    """Issue 16 item 2: a vendor id with NUL or a lone surrogate (PostgreSQL refuses both), a delay of
+    infinity (a datetime overflows) used to fail the chunk's whole write: every delivery stayed sending."""
+    _, delivery_ids = notification_with_devices
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        held = claim(session, delivery_ids, now)
+    first, second = held.deliveries
+    sent = raw_outcome(Outcome.sent("id"), vendor_message_id="id\x00\udcff")
+    retry = raw_outcome(Outcome.retry("busy"), retry_after=float("inf"), reason="busy\x00\ud800")
+    with session_scope(session_factory) as session:
+        assert record_outcomes(session, held.token, [(first, sent), (second, retry)], now, POLICY) == 2
+    with session_scope(session_factory) as session:
+        stored_sent, stored_retry = session.get(Delivery, first.delivery_id), session.get(Delivery, second.delivery_id)
+        assert (stored_sent.status, stored_sent.vendor_message_id) == ("sent", "id\ufffd")
+        # Infinity is clamped to a day, beyond the message's 600 s TTL: it ends expired, not stuck sending.
+        assert (stored_retry.status, stored_retry.last_error) == ("expired", "ttl expires before retry: busy\ufffd")
+
+
 def test_a_stale_claim_cannot_overwrite_a_newer_claims_outcome(notification_with_devices, session_factory):
     """Worker A's lease runs out, worker B claims and sends; A's late outcome must not be written."""
     _, delivery_ids = notification_with_devices

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.delivery import ClaimedDelivery
-from shared.outcomes import OutcomeKind
+from shared.outcomes import MAX_RETRY_AFTER_SECONDS, OutcomeKind
 from standins.apns import ApnsStandin
 from tests.support.helpers import claimed_delivery
 from tests.support.keys import ec_key_pair
@@ -222,6 +222,35 @@ def test_too_many_requests_keeps_retry_after(standin, adapter):
     (outcome,) = adapter.send_many(credentials(), [delivery(token, now)])
     assert outcome.kind is OutcomeKind.RETRY
     assert outcome.retry_after == 30.0
+
+
+def test_hostile_answers_are_cleaned_clamped_and_touch_no_other_push(standin, adapter):
+    """Issue 16 item 2: APNs' reason, retry-after and apns-id are the vendor's values: a NUL or a lone
+    surrogate in a reason, a retry-after of 300000000000 s or 400 digits, an apns-id that is not UTF-8
+    (aioapns decoded it strictly, which killed the connection with every answer in flight on it)."""
+    now = utcnow()
+    huge, endless, odd_id, long_reason, fine, later = (device_token() for _ in range(6))
+    standin.set_behavior(huge, "ServiceUnavailable", retry_after="300000000000")
+    standin.set_behavior(endless, "TooManyRequests", retry_after="9" * 400,
+                         body=b'{"reason":"TooMany\\u0000Requests\\ud800"}')
+    standin.set_behavior(odd_id, None, headers={b"apns-id": b"\xff\xfe"})
+    standin.set_behavior(long_reason, "BadTopic", body=b'{"reason":"' + b"\\u0000x" * 5000 + b'"}')
+    standin.set_behavior(later, None, delay=0.3)  # answered after the odd apns-id, on the same connection
+
+    outcomes = adapter.send_many(credentials(), [delivery(t, now) for t in (huge, endless, odd_id, long_reason,
+                                                                             fine, later)])
+
+    by_token = dict(zip((huge, endless, odd_id, long_reason, fine, later), outcomes))
+    assert by_token[huge].kind is OutcomeKind.RETRY and by_token[huge].retry_after == MAX_RETRY_AFTER_SECONDS
+    assert by_token[endless].kind is OutcomeKind.RETRY and by_token[endless].retry_after == MAX_RETRY_AFTER_SECONDS
+    assert by_token[endless].reason == "APNs TooManyRequests\ufffd (429)"
+    assert by_token[long_reason].kind is OutcomeKind.REJECTED and len(by_token[long_reason].reason) <= 1000
+    assert by_token[odd_id].kind is OutcomeKind.RETRY  # an answer naming no request of ours
+    for outcome in outcomes:
+        assert "\x00" not in (outcome.reason or "")
+        (outcome.reason or "").encode("utf-8")  # storable as it is
+    assert by_token[fine].kind is OutcomeKind.SENT and by_token[later].kind is OutcomeKind.SENT
+    assert (len(standin.messages(fine)), len(standin.messages(later))) == (1, 1)
 
 
 def test_key_the_standin_does_not_trust_is_rejected(standin, adapter):

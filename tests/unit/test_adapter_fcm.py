@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from shared.delivery import ClaimedDelivery
-from shared.outcomes import Outcome, OutcomeKind
+from shared.outcomes import MAX_RETRY_AFTER_SECONDS, Outcome, OutcomeKind
 from standins.fcm import FcmStandin
 from tests.support.helpers import claimed_delivery
 from workers.adapters.base import AppCredentials
@@ -268,6 +268,36 @@ def test_retry_after_as_http_date(adapter, fcm, app):
     assert 80 <= outcome.retry_after <= 90
 
 
+def test_hostile_answers_are_cleaned_clamped_and_touch_no_other_push(adapter, fcm, app):
+    """Issue 16 item 2: every string of FCM's error JSON and its Retry-After are the vendor's values:
+    NUL and lone surrogates ("\\ud800" is valid JSON), any length, 300000000000 s or 400 digits."""
+    huge, endless, nul_message, odd_name, not_utf8, fine = (delivery() for _ in range(6))
+    fcm.set_behavior(huge.token, "UNAVAILABLE", retry_after="300000000000")
+    fcm.set_behavior(endless.token, "QUOTA_EXCEEDED", retry_after="9" * 400)
+    fcm.set_behavior(nul_message.token, "INVALID_ARGUMENT", body=json.dumps({"error": {
+        "code": 400, "status": "INVALID\x00ARGUMENT", "message": "bad\x00\ud800 " + "x" * 5000,
+        "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "\ud800" * 99}],
+    }}).encode())
+    fcm.set_behavior(odd_name.token, None, body=b'{"name":"projects/proj/messages/\\ud800\\u0000x"}')
+    fcm.set_behavior(not_utf8.token, "INTERNAL", body=b'{"error":{"message":"\xff\xfe"}}')
+
+    outcomes = adapter.send_many(app, [huge, endless, nul_message, odd_name, not_utf8, fine])
+
+    by_name = dict(zip(("huge", "endless", "nul_message", "odd_name", "not_utf8", "fine"), outcomes))
+    assert by_name["huge"].kind is OutcomeKind.RETRY and by_name["huge"].retry_after == MAX_RETRY_AFTER_SECONDS
+    assert by_name["endless"].kind is OutcomeKind.RETRY and by_name["endless"].retry_after == MAX_RETRY_AFTER_SECONDS
+    assert by_name["nul_message"].kind is OutcomeKind.REJECTED
+    assert by_name["nul_message"].reason.startswith("FCM answered 400 \ufffd")
+    assert by_name["odd_name"].kind is OutcomeKind.SENT
+    assert by_name["odd_name"].vendor_message_id == "projects/proj/messages/\ufffdx"
+    assert by_name["not_utf8"].kind is OutcomeKind.RETRY  # a body that is not UTF-8 is no JSON: the status decides
+    for outcome in outcomes:
+        for text in (outcome.reason or "", outcome.vendor_message_id or ""):
+            assert "\x00" not in text and len(text) <= 300
+            text.encode("utf-8")  # storable as it is
+    assert by_name["fine"].kind is OutcomeKind.SENT and len(fcm.messages(fine.token)) == 1
+
+
 def test_revoked_access_token_retries_then_refreshes(adapter, fcm, app):
     assert send_one(adapter, app, delivery()).kind is OutcomeKind.SENT
     assert fcm.token_requests == 1
@@ -308,6 +338,22 @@ def test_unreachable_token_endpoint_is_retried(adapter, fcm, standin):
     outcome = send_one(adapter, make_app(json.dumps(info)), delivery())
     assert outcome.kind is OutcomeKind.RETRY, outcome
     assert "token endpoint" in outcome.reason
+
+
+def test_a_silent_token_endpoint_holds_a_chunk_at_most_the_push_deadline(fcm, standin):
+    """Issue 16 item 4: the token fetch honours the push deadline (before: the read timeout, 10 s here,
+    times google-auth's attempts), so a chunk waiting for a token finishes within its time limit."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    info = standin.new_service_account(PROJECT)
+    info["token_uri"] = f"http://127.0.0.1:{silent.getsockname()[1]}/token"
+    adapter = FcmAdapter(5.0, 10.0, base_url=fcm.base_url, max_workers=2, deadline=1.0, clock=lambda: NOW)
+    try:
+        outcomes = adapter.send_many(make_app(json.dumps(info)), [delivery(), delivery()])
+    finally:
+        adapter.close()
+        silent.close()  # the refresher thread's request ends with the listener
+    assert [o.kind for o in outcomes] == [OutcomeKind.RETRY] * 2
+    assert outcomes[0].reason == "FCM token endpoint did not answer within 1.0 s (the push deadline)"
 
 
 @pytest.mark.parametrize(

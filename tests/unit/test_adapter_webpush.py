@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.outcomes import OutcomeKind
+from shared.outcomes import MAX_RETRY_AFTER_SECONDS, OutcomeKind
 from shared.vapid import generate_vapid_key_pair
 from tests.support.helpers import claimed_delivery
 from workers.adapters.base import AppCredentials, parse_retry_after
@@ -59,6 +59,14 @@ class HostileService:
                     self._answer(302, {"Location": f"{service.other_url}/ok/elsewhere"})
                 elif kind == "odd-retry-after":
                     self._answer(503, {"Retry-After": "²"})
+                elif kind == "huge-retry-after":
+                    self._answer(503, {"Retry-After": "300000000000"})
+                elif kind == "endless-retry-after":
+                    self._answer(429, {"Retry-After": "9" * 400})
+                elif kind == "far-retry-after":
+                    self._answer(503, {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"})
+                elif kind == "not-utf8-location":  # send_header writes latin-1: "\xff" is one byte on the wire
+                    self._answer(201, {"Location": "https://push.example/m/\xff\xfe" + "x" * 1000})
                 elif kind == "endless":
                     self.send_response(201)
                     self.send_header("Content-Length", str(10**9))
@@ -154,6 +162,25 @@ def test_a_malformed_retry_after_is_a_retry_not_an_exception(service, app, adapt
     assert parse_retry_after("²") is None
     odd, fine = adapter.send_many(app, [delivery(f"{service.url}/odd-retry-after/1"), delivery(f"{service.url}/ok/2")])
     assert odd.kind is OutcomeKind.RETRY and odd.retry_after is None
+    assert fine.kind is OutcomeKind.SENT
+
+
+def test_hostile_retry_after_and_location_values_are_clamped_and_cleaned(service, app, adapter):
+    """Issue 16 item 2: a Retry-After of 300000000000 or of 400 digits, or a Location that is not
+    UTF-8, reached the outcome write as they were (an OverflowError, a lone surrogate PostgreSQL
+    refuses) and sank the chunk."""
+    huge, endless, far, location, fine = adapter.send_many(app, [
+        delivery(f"{service.url}/huge-retry-after/1"), delivery(f"{service.url}/endless-retry-after/1"),
+        delivery(f"{service.url}/far-retry-after/1"), delivery(f"{service.url}/not-utf8-location/1"),
+        delivery(f"{service.url}/ok/5"),
+    ])
+    for outcome in (huge, endless, far):
+        assert outcome.kind is OutcomeKind.RETRY and outcome.retry_after == MAX_RETRY_AFTER_SECONDS
+    assert location.kind is OutcomeKind.SENT
+    message_id = location.vendor_message_id
+    assert message_id.startswith("https://push.example/m/\ufffd") and len(message_id) <= 512
+    assert not any("\ud800" <= c <= "\udfff" for c in message_id)
+    message_id.encode("utf-8")  # storable as it is
     assert fine.kind is OutcomeKind.SENT
 
 

@@ -23,13 +23,20 @@ from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
 from shared.platforms import APNS_MAX_PAYLOAD_BYTES, APNS_TOKEN
-from workers.adapters.base import AppCredentials, parse_retry_after
+from workers.adapters.base import (
+    AppCredentials,
+    ChunkInterrupted,
+    parse_retry_after,
+    unanswered_as_retries,
+    vendor_text,
+)
 from workers.vendors.aioapns_fixes import PushRequest
 from workers.vendors.apns_client import ApnsAnswer, ApnsClient, ApnsCredentials, ApnsFailure
 
 MAX_PAYLOAD_BYTES = APNS_MAX_PAYLOAD_BYTES
 PRIORITY_HIGH = 10
 PRIORITY_NORMAL = 5
+MAX_REASON_CHARS = 200  # APNs reasons are short identifiers ("BadDeviceToken")
 
 encode_payload = compact_json  # the exact bytes sent to APNs: compact UTF-8 JSON
 
@@ -53,7 +60,9 @@ def outcome_for(answer: ApnsAnswer | ApnsFailure, *, sandbox: bool, truncated: b
     """APNs' answer (or why none came) in pushq's outcome vocabulary."""
     if isinstance(answer, ApnsFailure):
         return Outcome.rejected(answer.detail) if answer.credentials else Outcome.retry(answer.detail)
-    status, reason = answer.status, answer.reason or ""
+    # What APNs sent is untrusted: a reason with NUL or of any length is cleaned and bounded.
+    status = vendor_text(answer.status, 16) or ""
+    reason = vendor_text(answer.reason, MAX_REASON_CHARS) or ""
     if status == "200":
         return Outcome.sent(answer.apns_id, truncated)
     label = f"{reason or 'no reason'} ({status or 'no status'})"
@@ -93,11 +102,13 @@ class ApnsAdapter:
         port: int = 443,
         ca_file: str | None = None,
         max_connections: int = 10,
+        deadline: float | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.clock = clock
+        # ``deadline`` bounds each push (connecting, waiting for a stream, the answer); default connect + read.
         self.client = ApnsClient(connect_timeout, read_timeout, host=host, port=port, ca_file=ca_file,
-                                 max_connections=max_connections)
+                                 max_connections=max_connections, deadline=deadline)
 
     @property
     def late_answers(self) -> int:
@@ -120,10 +131,19 @@ class ApnsAdapter:
             else:
                 outcomes.append(None)
                 requests.append((index, *prepared))
-        answers = self.client.push_many(credentials, [request for _, request, _ in requests])
+        try:
+            answers: list[ApnsAnswer | ApnsFailure | None] = list(
+                self.client.push_many(credentials, [request for _, request, _ in requests])
+            )
+            interrupted = None
+        except ChunkInterrupted as exc:  # the task's time limit: keep what came back
+            answers, interrupted = exc.partial, exc
         for (index, _, truncated), answer in zip(requests, answers):
-            outcomes[index] = outcome_for(answer, sandbox=app.apns_use_sandbox, truncated=truncated)
-        return [outcome for outcome in outcomes if outcome is not None]
+            if answer is not None:
+                outcomes[index] = outcome_for(answer, sandbox=app.apns_use_sandbox, truncated=truncated)
+        if interrupted is not None:
+            raise ChunkInterrupted(unanswered_as_retries(outcomes, interrupted.cause), interrupted.cause) from interrupted
+        return unanswered_as_retries(outcomes, None)
 
     def close(self) -> None:
         self.client.close()

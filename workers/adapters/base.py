@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -11,7 +12,15 @@ from typing import Protocol
 
 from shared.delivery import ClaimedDelivery
 from shared.models import App
-from shared.outcomes import Outcome
+from shared.outcomes import MAX_RETRY_AFTER_SECONDS, Outcome, clamp_delay, clean_text
+from workers.vendors.loop import ChunkInterrupted
+
+__all__ = ["Adapter", "AppCredentials", "ChunkInterrupted", "chunk_budget", "parse_retry_after",
+           "unanswered_as_retries", "vendor_text"]
+
+# Beyond its waves of pushes, a chunk may take this long (at most half a push deadline):
+# encryption, credentials, the event loop's own turns.
+CHUNK_MARGIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,18 +56,49 @@ class AppCredentials:
         )
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date."""
+def parse_retry_after(value: str | bytes | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now (delta-seconds or an HTTP date), within [0, MAX_RETRY_AFTER_SECONDS].
+
+    None when absent or not either form. A vendor's value is never trusted: a
+    number too large for a datetime (``300000000000``, 400 digits) is the maximum,
+    a date in the past is 0.
+    """
     if not value:
         return None
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("ascii", "replace")
     value = value.strip()
     if value.isascii() and value.isdigit():  # str.isdigit() also accepts "²" and other digits float() refuses
-        return float(value)
+        # More than 9 digits is more than 31 years: the maximum (and int() never sees 400 digits).
+        return clamp_delay(int(value)) if len(value) <= 9 else MAX_RETRY_AFTER_SECONDS
+    if len(value) > 64:  # an HTTP date is 29 characters
+        return None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+    return clamp_delay(seconds)
+
+
+def vendor_text(value: object, limit: int) -> str | None:
+    """A string (or bytes) from a vendor's answer, fit to store and log: see :func:`shared.outcomes.clean_text`."""
+    return clean_text(value, limit)
+
+
+def chunk_budget(count: int, concurrency: int, push_deadline: float) -> float:
+    """Seconds a chunk of ``count`` pushes may take: its waves of ``concurrency`` pushes, each
+    bounded by the push deadline, plus a margin. Stays under the deliver task's soft time limit
+    (``Settings.deliver_time_limits``: one more push deadline than the waves)."""
+    waves = max(math.ceil(count / max(concurrency, 1)), 1)
+    return waves * push_deadline + min(CHUNK_MARGIN_SECONDS, push_deadline / 2)
+
+
+def unanswered_as_retries(answers: Sequence[Outcome | None], interrupted_by: str | None) -> list[Outcome]:
+    """Each push's outcome; one that had no answer when the chunk stopped is a retry saying why."""
+    reason = (f"no answer before the chunk was interrupted ({interrupted_by})" if interrupted_by
+              else "no answer within the chunk's deadline")
+    return [answer if answer is not None else Outcome.retry(reason) for answer in answers]
 
 
 class Adapter(Protocol):
@@ -67,9 +107,12 @@ class Adapter(Protocol):
     platform: str
 
     def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
-        """One outcome per delivery, in order; never raises: any failure of one push is its outcome.
+        """One outcome per delivery, in order: any failure of one push is its outcome.
 
-        The remaining TTL is computed at each push, not once per chunk.
+        The remaining TTL is computed at each push, not once per chunk. Every push is
+        bounded by the push deadline and the chunk by :func:`chunk_budget`. Raises only
+        :class:`ChunkInterrupted` (with every delivery's outcome: the answers that came
+        back, retries for the rest) when the wait is interrupted by the task's time limit.
         """
         ...
 

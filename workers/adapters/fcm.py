@@ -3,27 +3,32 @@
 * Access tokens come from the app's service account (its own ``token_uri``) with
   ``google.oauth2.service_account.Credentials``; one credentials object is cached
   per (app, private_key_id) and its token is reused until google-auth's
-  ``valid`` says it is near expiry. Refreshes happen under a per-app lock, so a
-  chunk (or concurrent chunks) refresh once.
+  ``valid`` says it is near expiry. A refresh runs on a refresher thread and
+  chunks needing a token share it (one token request for concurrent chunks);
+  each waits at most the push deadline, so a slow token endpoint cannot hold a
+  chunk past its time limit.
 * ``credentials.before_request`` and ``AuthorizedSession`` are deliberately not
   used: in google-auth >= 2.60 they also start a background "regional access
   boundary" lookup at iamcredentials.googleapis.com. The adapter calls
   ``credentials.refresh`` itself and writes the ``Authorization`` header.
 * The deliveries of a chunk are sent concurrently on one event loop per worker
   process (aiohttp, as for Web Push; keep-alive connections reused across tasks),
-  at most ``max_workers`` connections at once, each push bounded by an overall
-  deadline. (httpx's async pool was measured at ~7 ms of CPU per request here:
+  at most ``max_workers`` connections at once, each push bounded by the push
+  deadline (``PUSHQ_PUSH_DEADLINE_SECONDS``) and the whole chunk, token fetch
+  included, by its waves of deadlines; answers that came back are kept when the
+  chunk stops early. (httpx's async pool was measured at ~7 ms of CPU per request here:
   it rescans every waiting request and polls every idle socket on each change.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
-import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +48,14 @@ from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
 from shared.platforms import FCM_MAX_MESSAGE_BYTES
-from workers.adapters.base import AppCredentials, parse_retry_after
+from workers.adapters.base import (
+    AppCredentials,
+    ChunkInterrupted,
+    chunk_budget,
+    parse_retry_after,
+    unanswered_as_retries,
+    vendor_text,
+)
 from workers.vendors.loop import LoopThread
 
 log = logging.getLogger(__name__)
@@ -53,8 +65,8 @@ MAX_MESSAGE_BYTES = FCM_MAX_MESSAGE_BYTES  # the serialized ``message`` object
 MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's android.ttl range is 0-28 days
 QUOTA_RETRY_FLOOR_SECONDS = 60.0  # Google: back off at least a minute on QUOTA_EXCEEDED
 MAX_REASON_CHARS = 300
+MAX_NAME_CHARS = 512  # "projects/<project>/messages/<id>"
 MAX_ANSWER_BYTES = 64 * 1024
-_GRACE_SECONDS = 5.0
 
 
 def fcm_data(delivery: ClaimedDelivery) -> dict[str, str]:
@@ -133,21 +145,23 @@ def classify_response(response: _Answer, truncated: bool = False) -> tuple[Outco
     status = response.status_code
     try:
         payload = response.json()
-    except ValueError:
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
         payload = None
     if status == 200:
         name = payload.get("name") if isinstance(payload, dict) else None
-        return Outcome.sent(name if isinstance(name, str) else None, truncated), False
+        return Outcome.sent(vendor_text(name, MAX_NAME_CHARS) if isinstance(name, str) else None, truncated), False
 
+    # Every string of the answer is untrusted: NUL, lone surrogates ("\ud800" in JSON) and any length.
     error = payload.get("error") if isinstance(payload, dict) else None
     error = error if isinstance(error, dict) else {}
     error_code = None
-    for detail in error.get("details") or []:
+    details = error.get("details")
+    for detail in details[:20] if isinstance(details, list) else []:
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("FcmError") and detail.get("errorCode"):
-            error_code = str(detail["errorCode"])
+            error_code = vendor_text(detail["errorCode"], 64)
             break
-    google_status = error.get("status") if isinstance(error.get("status"), str) else None
-    message = error.get("message") if isinstance(error.get("message"), str) else ""
+    google_status = vendor_text(error.get("status"), 64) if isinstance(error.get("status"), str) else None
+    message = vendor_text(error.get("message"), MAX_REASON_CHARS) if isinstance(error.get("message"), str) else ""
     label = error_code or google_status or "error"
     reason = _shorten(f"FCM answered {status} {label}" + (f": {message}" if message else ""))
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -197,6 +211,8 @@ class _AppAuth:
     private_key_id: str
     credentials: service_account.Credentials
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The token request under way (on the refresher thread); chunks waiting for a token share it.
+    refreshing: concurrent.futures.Future[Outcome | None] | None = None
 
 
 class FcmAdapter:
@@ -222,7 +238,10 @@ class FcmAdapter:
         self._loop = LoopThread("pushq-fcm")
         self._client: aiohttp.ClientSession | None = None
         self._pid = os.getpid()
-        # Token endpoint traffic (rare): google-auth's requests transport, no proxies from the environment.
+        # Token endpoint traffic (rare): google-auth's requests transport, no proxies from the environment,
+        # on threads of its own so a chunk waits for a token at most the push deadline.
+        self._refresher: concurrent.futures.ThreadPoolExecutor | None = None
+        self._refresher_pid = os.getpid()
         self.token_session = requests.Session()
         self.token_session.trust_env = False
         self.token_request = _TimeoutRequest(self.token_session, (connect_timeout, read_timeout))
@@ -262,25 +281,53 @@ class FcmAdapter:
             self._auth[app.app_id] = auth  # replaces a rotated key's entry
         return auth, project_id
 
-    def _access_token(self, auth: _AppAuth) -> str:
+    def _access_token(self, auth: _AppAuth, wait: float) -> str:
+        """A valid access token, waiting at most ``wait`` seconds for the token endpoint.
+
+        The refresh runs on a refresher thread; a chunk that stops waiting leaves it to
+        finish (bounded by the connect/read timeouts) for the next chunk to use.
+        """
         with auth.lock:
             credentials = auth.credentials
-            if not credentials.valid:
-                try:
-                    credentials.refresh(self.token_request)
-                except google.auth.exceptions.TransportError as exc:
-                    raise _CredentialsProblem(
-                        Outcome.retry(_shorten(f"FCM token endpoint unreachable: {_describe(exc)}"))
-                    ) from None
-                except google.auth.exceptions.RefreshError as exc:
-                    if exc.retryable:
-                        raise _CredentialsProblem(
-                            Outcome.retry(_shorten(f"FCM token endpoint failed: {_describe(exc)}"))
-                        ) from None
-                    raise _CredentialsProblem(
-                        Outcome.rejected(_shorten(f"FCM service account refused by the token endpoint: {_describe(exc)}"))
-                    ) from None
-            return str(credentials.token)
+            if credentials.valid:
+                return str(credentials.token)
+            if auth.refreshing is None or auth.refreshing.done():
+                auth.refreshing = self._refresher_pool().submit(self._refresh, credentials)
+            refreshing = auth.refreshing
+        try:
+            problem = refreshing.result(timeout=max(wait, 0.0))
+        except concurrent.futures.TimeoutError:
+            raise _CredentialsProblem(
+                Outcome.retry(f"FCM token endpoint did not answer within {wait:.1f} s (the push deadline)")
+            ) from None
+        if problem is not None:
+            raise _CredentialsProblem(problem)
+        with auth.lock:
+            token = credentials.token
+        if not token:  # dropped (401) since: the next chunk refreshes
+            raise _CredentialsProblem(Outcome.retry("FCM access token refused; refreshing"))
+        return str(token)
+
+    def _refresh(self, credentials: service_account.Credentials) -> Outcome | None:
+        """Fetch a new access token (refresher thread); None when it worked, else every delivery's outcome."""
+        try:
+            credentials.refresh(self.token_request)
+        except google.auth.exceptions.TransportError as exc:
+            return Outcome.retry(_shorten(f"FCM token endpoint unreachable: {_describe(exc)}"))
+        except google.auth.exceptions.RefreshError as exc:
+            if exc.retryable:
+                return Outcome.retry(_shorten(f"FCM token endpoint failed: {_describe(exc)}"))
+            return Outcome.rejected(_shorten(f"FCM service account refused by the token endpoint: {_describe(exc)}"))
+        except Exception as exc:
+            log.exception("fcm: token refresh failed")
+            return Outcome.retry(f"FCM token refresh failed: {type(exc).__name__}")
+        return None
+
+    def _refresher_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._refresher is None or self._refresher_pid != os.getpid():  # a fork leaves the threads behind
+            self._refresher = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="pushq-fcm-token")
+            self._refresher_pid = os.getpid()
+        return self._refresher
 
     @staticmethod
     def _drop_token(auth: _AppAuth, token: str) -> None:
@@ -292,26 +339,35 @@ class FcmAdapter:
     # -- sending -------------------------------------------------------------
 
     def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
-        """One outcome per delivery, in order; the deliveries go out concurrently."""
+        """One outcome per delivery, in order; the deliveries go out concurrently.
+
+        The token fetch and the pushes share the chunk's deadline (:func:`chunk_budget`).
+        """
         if not deliveries:
             return []
+        until = time.monotonic() + chunk_budget(len(deliveries), self.max_workers, self.deadline)
         try:
             auth, project_id = self._app_auth(app)
-            token = self._access_token(auth)
+            token = self._access_token(auth, min(self.deadline, until - time.monotonic()))
         except _CredentialsProblem as problem:
             log.warning("fcm: app %s: %s", app.app_id, problem.outcome.reason)
             return [problem.outcome] * len(deliveries)
         url = f"{self.base_url}/v1/projects/{quote(project_id, safe='')}/messages:send"
-        waves = math.ceil(len(deliveries) / self.max_workers)
+        budget = max(until - time.monotonic(), 0.0)
         try:
-            return self._loop.run(self._send_all(auth, token, url, deliveries), waves * self.deadline + _GRACE_SECONDS)
+            answers = self._loop.run_each(
+                len(deliveries), lambda i: self._send_safely(auth, token, url, deliveries[i]), budget
+            )
+        except ChunkInterrupted as interrupted:  # the task's time limit: keep what came back
+            raise ChunkInterrupted(unanswered_as_retries(interrupted.partial, interrupted.cause),
+                                   interrupted.cause) from interrupted
         except Exception as exc:
             log.exception("fcm: chunk of %d failed", len(deliveries))
             return [Outcome.retry(f"FCM client error: {type(exc).__name__}")] * len(deliveries)
+        return unanswered_as_retries(answers, None)
 
-    async def _send_all(
-        self, auth: _AppAuth, token: str, url: str, deliveries: Sequence[ClaimedDelivery]
-    ) -> list[Outcome]:
+    def _client_session(self) -> aiohttp.ClientSession:
+        """This process's connection pool (on the loop's thread)."""
         if self._pid != os.getpid():  # forked: the parent's session belongs to the parent's loop
             self._client, self._pid = None, os.getpid()
         if self._client is None:
@@ -321,16 +377,13 @@ class FcmAdapter:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout,
                                               sock_read=self.read_timeout),
             )
-        client = self._client
-        return list(await asyncio.gather(*(self._send_safely(client, auth, token, url, d) for d in deliveries)))
+        return self._client
 
-    async def _send_safely(
-        self, client: aiohttp.ClientSession, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery
-    ) -> Outcome:
+    async def _send_safely(self, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery) -> Outcome:
         # A chunk's outcomes must all come back: an unexpected error on one
         # delivery becomes a retry, not an exception losing the others' outcomes.
         try:
-            return await self._send(client, auth, token, url, delivery)
+            return await self._send(self._client_session(), auth, token, url, delivery)
         except Exception as exc:
             log.exception("fcm: unexpected error sending delivery %s", delivery.delivery_id)
             return Outcome.retry(f"unexpected error sending to FCM: {type(exc).__name__}")
@@ -367,6 +420,9 @@ class FcmAdapter:
 
         self._loop.close(shutdown)
         self._client = None
+        if self._refresher is not None:
+            self._refresher.shutdown(wait=False, cancel_futures=True)
+            self._refresher = None
         self.token_session.close()
 
 

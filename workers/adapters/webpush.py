@@ -14,7 +14,6 @@ import base64
 import ipaddress
 import json
 import logging
-import math
 import os
 import socket
 import ssl
@@ -35,7 +34,14 @@ from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
 from shared.platforms import WEBPUSH_MAX_PLAINTEXT_BYTES
-from workers.adapters.base import AppCredentials, parse_retry_after
+from workers.adapters.base import (
+    AppCredentials,
+    ChunkInterrupted,
+    chunk_budget,
+    parse_retry_after,
+    unanswered_as_retries,
+    vendor_text,
+)
 from workers.vendors.loop import LoopThread
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,6 @@ VAPID_LIFETIME_SECONDS = 12 * 3600
 VAPID_RENEW_BEFORE_SECONDS = 3600
 MAX_ANSWER_BYTES = 16 * 1024  # push services answer with empty or tiny bodies
 MAX_MESSAGE_ID_CHARS = 512
-_GRACE_SECONDS = 5.0
 
 
 def webpush_payload(message: Message, body: str | None = None) -> bytes:
@@ -146,8 +151,8 @@ class Subscription:
 def classify(status: int, headers: Mapping[str, str], truncated: bool = False) -> Outcome:
     """A push service's answer as an outcome; nothing beyond the status code is kept from a refusal."""
     if status in (200, 201, 202):
-        location = headers.get("Location")
-        return Outcome.sent(location[:MAX_MESSAGE_ID_CHARS] if location else None, truncated)
+        # A header that is not UTF-8 arrives with surrogate escapes: cleaned, never stored as it is.
+        return Outcome.sent(vendor_text(headers.get("Location") or None, MAX_MESSAGE_ID_CHARS), truncated)
     reason = f"push service answered {status}"
     if status in (404, 410):
         return Outcome.dead_token(f"{reason}: subscription gone")
@@ -188,22 +193,28 @@ class WebPushAdapter:
     def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
         if not deliveries:
             return []
-        waves = math.ceil(len(deliveries) / self.concurrency)
+        # The chunk's deadline: its waves of pushes, each bounded by the push deadline.
+        budget = chunk_budget(len(deliveries), self.concurrency, self.deadline)
         try:
-            return self._loop.run(self._send_all(app, deliveries), waves * self.deadline + _GRACE_SECONDS)
+            answers = self._loop.run_each(len(deliveries), lambda i: self._send_safely(app, deliveries[i]), budget)
+        except ChunkInterrupted as interrupted:  # the task's time limit: keep what came back
+            raise ChunkInterrupted(unanswered_as_retries(interrupted.partial, interrupted.cause),
+                                   interrupted.cause) from interrupted
         except Exception as exc:
             log.exception("web push chunk of %d failed", len(deliveries))
             return [Outcome.retry(f"web push client error: {type(exc).__name__}")] * len(deliveries)
+        return unanswered_as_retries(answers, None)
 
     def send(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
         return self.send_many(app, [delivery])[0]
 
-    async def _send_all(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
+    def _client_session(self) -> aiohttp.ClientSession:
+        """This process's session (on the loop's thread)."""
         if self._pid != os.getpid():  # forked: the parent's session belongs to the parent's loop
             self._session, self._limits, self._pid = None, {}, os.getpid()
         if self._session is None:
             self._session = self._new_session()
-        return list(await asyncio.gather(*(self._send_safely(app, delivery) for delivery in deliveries)))
+        return self._session
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -218,6 +229,7 @@ class WebPushAdapter:
     async def _send_safely(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
         """Any failure of this one push becomes its outcome; the chunk's other pushes go on."""
         try:
+            self._client_session()  # after a fork: the session and limits start afresh, before any is used
             return await self._send(app, delivery)
         except Exception as exc:
             log.exception("web push: unexpected error for delivery %s", delivery.delivery_id)
@@ -259,10 +271,10 @@ class WebPushAdapter:
             return await self._post(subscription.endpoint, body, headers, truncated)
 
     async def _post(self, endpoint: str, body: bytes, headers: dict[str, str], truncated: bool) -> Outcome:
-        assert self._session is not None
+        session = self._client_session()
         try:
             async with asyncio.timeout(self.deadline):
-                async with self._session.post(endpoint, data=body, headers=headers, allow_redirects=False) as response:
+                async with session.post(endpoint, data=body, headers=headers, allow_redirects=False) as response:
                     # Bounded: a hostile or broken service cannot make the worker read without end.
                     await response.content.read(MAX_ANSWER_BYTES)
                     return classify(response.status, response.headers, truncated)

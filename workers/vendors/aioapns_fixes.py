@@ -29,7 +29,9 @@ or hang:
   when every connection is at the server's stream limit a request waits for a
   stream instead of aioapns' 10 ms polling; a connection that stays silent while
   a request times out on it is dropped (a half-open TCP connection would
-  otherwise keep every later push timing out).
+  otherwise keep every later push timing out); an answer's ``apns-id`` or
+  ``:status`` that is not UTF-8 no longer kills the connection (aioapns decodes
+  them strictly inside ``data_received``).
 * A time to live of 0 is sent as ``apns-expiration: 0`` (Apple: attempt delivery
   once, do not store); aioapns sends the current time instead.
 
@@ -265,8 +267,13 @@ class PushqProtocol(APNsTLSClientProtocol):
         else:
             retry_after = headers.get(b"retry-after")
             if retry_after:
-                self._retry_after[notification_id] = retry_after.decode("ascii", "replace")
-        super().on_response_received(headers)
+                self._retry_after[notification_id] = retry_after[:64].decode("ascii", "replace")
+        # aioapns decodes apns-id and :status strictly: a non-UTF-8 value would raise inside
+        # data_received and kill the connection with every answer in flight on it.
+        status = headers.get(b":status", b"").decode("utf8", "replace")
+        super().on_response_received(
+            {**headers, b"apns-id": notification_id.encode("utf8", "replace"), b":status": status.encode()}
+        )
 
     def on_data_received(self, data: bytes, stream_id: int) -> None:
         # Hand the window back, or after ~64 KiB of error bodies the server stalls.

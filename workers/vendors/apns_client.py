@@ -3,7 +3,8 @@
 Owns connections, provider tokens, the event loop thread and forks; knows
 nothing of deliveries or outcomes. ``push_many`` writes each request at most once
 and answers each with an :class:`ApnsAnswer` (what APNs said) or an
-:class:`ApnsFailure` (why no answer came). pushq's fixes to aioapns itself are in
+:class:`ApnsFailure` (why no answer came), each request bounded by the push
+deadline. pushq's fixes to aioapns itself are in
 :mod:`workers.vendors.aioapns_fixes`.
 """
 
@@ -31,12 +32,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from workers.vendors.aioapns_fixes import NotSent, PushqProtocol, PushRequest
-from workers.vendors.loop import LoopThread
+from workers.vendors.loop import ChunkInterrupted, LoopThread
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 2.0  # seconds close() waits for connections to shut down cleanly
-_RESULT_GRACE = 2.0  # seconds push_many waits beyond the per-request deadline
+_RESULT_GRACE = 0.5  # seconds a chunk may take beyond the per-request deadline
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,12 @@ class ApnsClient:
         port: int = 443,
         ca_file: str | None = None,
         max_connections: int = 10,
+        deadline: float | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        # The whole of one request (connecting, waiting for a stream, the answer); default connect + read.
+        self.deadline = deadline if deadline is not None else connect_timeout + read_timeout
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -102,20 +106,32 @@ class ApnsClient:
     def push_many(
         self, credentials: ApnsCredentials, requests: Sequence[PushRequest]
     ) -> list[ApnsAnswer | ApnsFailure]:
-        """Each request written at most once; one answer or failure per request, in order."""
+        """Each request written at most once; one answer or failure per request, in order.
+
+        Every request is bounded by the deadline, and so is the chunk (the requests go
+        out concurrently). Raises :class:`ChunkInterrupted` (with the answers so far)
+        when the wait is interrupted in this thread (the task's time limit).
+        """
         if not requests:
             return []
         try:
-            return self._loop.run(
-                self._send_chunk(credentials, list(requests)),
-                self.connect_timeout + self.read_timeout + _RESULT_GRACE,
-            )
-        except TimeoutError:
-            log.error("APNs chunk of %d did not finish in time", len(requests))
-            return [ApnsFailure("APNs timed out")] * len(requests)
+            pool = self._loop.run(self._pool(credentials), self.deadline)
+        except _BadCredentials as exc:
+            return [ApnsFailure(str(exc), credentials=True)] * len(requests)
+        except Exception:  # never let a client bug fail the task: retry later
+            log.exception("APNs client setup failed")
+            return [ApnsFailure("APNs client error")] * len(requests)
+        try:
+            answers = self._loop.run_each(len(requests), lambda i: self._push(pool, requests[i]),
+                                          self.deadline + _RESULT_GRACE)
+        except ChunkInterrupted:
+            raise
         except Exception:  # never let a client bug fail the task: retry later
             log.exception("APNs send failed")
             return [ApnsFailure("APNs client error")] * len(requests)
+        if any(answer is None for answer in answers):
+            log.error("APNs chunk of %d did not finish in time", len(requests))
+        return [answer if answer is not None else ApnsFailure("APNs timed out") for answer in answers]
 
     def close(self) -> None:
         """Close every connection and stop the loop's thread; push_many may still be
@@ -178,23 +194,18 @@ class ApnsClient:
         self._clients[cache_key] = client
         return client
 
-    async def _send_chunk(
-        self, credentials: ApnsCredentials, requests: list[PushRequest]
-    ) -> list[ApnsAnswer | ApnsFailure]:
+    async def _pool(self, credentials: ApnsCredentials) -> APNsBaseConnectionPool:
+        """The app's connection pool (on the loop's thread); raises _BadCredentials."""
         if self._pid != os.getpid():  # forked: the parent's clients belong to the parent's loop
             self._clients, self._pid = {}, os.getpid()
-        try:
-            client = self._client(credentials)
-        except _BadCredentials as exc:
-            return [ApnsFailure(str(exc), credentials=True)] * len(requests)
-        return list(await asyncio.gather(*(self._push(client.pool, request) for request in requests)))
+        return self._client(credentials).pool
 
     async def _push(
         self, pool: APNsBaseConnectionPool, request: PushRequest
     ) -> ApnsAnswer | ApnsFailure:
-        """One request, written at most once; bounded by connect_timeout + read_timeout."""
+        """One request, written at most once; bounded by the deadline."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout + self.read_timeout
+        deadline = loop.time() + self.deadline
         try:
             for _ in range(3):
                 try:
