@@ -585,3 +585,60 @@ def test_a_lone_surrogate_is_a_malformed_body_not_a_server_error(client, tenant)
     raw = '{"user_id": "%s", "title": "a\\ud800", "body": "b"}' % user
     response = client.post("/push/send", data=raw, content_type="application/json", headers=tenant.service_headers())
     assert (response.status_code, response.get_json()["error"]) == (400, "malformed_json")
+
+
+# -- numbers and times the parser takes but nothing downstream can hold --------------------------
+
+NOT_FINITE = "Not a finite number: NaN, Infinity and numbers beyond the float range (such as 1e400) are refused."
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+def test_non_finite_numbers_are_400_naming_the_field_on_every_send_endpoint(api, tenant, user, session_factory, number):
+    """Python's JSON parser takes NaN and Infinity and reads 1e400 as infinity; PostgreSQL's JSON refuses them
+    (a 500 before). Over HTTP, on each send endpoint, with the field named as marshmallow names nested fields."""
+    send = json.dumps(send_body(user, data={"ok": 1.5, "k": 0})).replace('"k": 0', f'"k": {number}')
+    cases = {
+        "/push/send": (send, {"data": {"k": [NOT_FINITE]}}),
+        "/push/send/bulk": (json.dumps({"user_ids": [str(user)], "title": "t", "body": "b", "ttl": 0})
+                            .replace('"ttl": 0', f'"ttl": {number}'), {"ttl": [NOT_FINITE]}),
+        "/push/send/batch": ('{"notifications": [%s, %s]}' % (json.dumps(send_body(user)), send),
+                             {"notifications": {"1": {"data": {"k": [NOT_FINITE]}}}}),
+    }
+    for path, (raw, fields) in cases.items():
+        response = api.post(path, content=raw, headers={**tenant.service_headers(), "Content-Type": "application/json"})
+        assert response.status_code == 400, (path, response.text)
+        assert response.json() == {"error": "validation_error", "message": "Invalid request", "fields": fields}, path
+    assert notification_count(session_factory) == 0
+
+
+def test_finite_floats_in_data_are_kept(api, tenant, user):
+    response = api.post("/push/send", json=send_body(user, data={"a": 1e308, "b": -2.5e-300, "c": [0.1]}),
+                        headers=tenant.service_headers())
+    assert response.status_code == 200, response.text
+    stored = api.get(f"/push/notifications/{response.json()['notification_id']}", headers=tenant.service_headers())
+    assert stored.json()["data"] == {"a": 1e308, "b": -2.5e-300, "c": [0.1]}
+
+
+OUT_OF_RANGE = "Out of range: the time in UTC must fall within years 1 to 9999."
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_send_at_without_a_utc_equivalent_is_400(api, tenant, user, session_factory, moment):
+    """In UTC these fall in year 0 or 10000: the conversion overflowed into a 500 before."""
+    patient = uuid.uuid4()
+    mapped = api.put(f"/v1/patients/{patient}/identity", json={"person_id": str(user)}, headers=tenant.service_headers())
+    assert mapped.status_code == 201, mapped.text
+    cases = [
+        ("/push/send", send_body(user, send_at=moment), {"send_at": [OUT_OF_RANGE]}),
+        ("/push/send/bulk", {"user_ids": [str(user)], "title": "t", "body": "b", "send_at": moment},
+         {"send_at": [OUT_OF_RANGE]}),
+        ("/push/send/batch", {"notifications": [send_body(user), send_body(user, send_at=moment)]},
+         {"notifications": {"1": {"send_at": [OUT_OF_RANGE]}}}),
+        ("/v1/push/send", {"patientId": str(patient), "title": "t", "body": "b", "sendAt": moment},
+         {"sendAt": [OUT_OF_RANGE]}),
+    ]
+    for path, body, fields in cases:
+        response = api.post(path, json=body, headers=tenant.service_headers())
+        assert response.status_code == 400, (path, response.text)
+        assert response.json() == {"error": "validation_error", "message": "Invalid request", "fields": fields}, path
+    assert notification_count(session_factory) == 0
