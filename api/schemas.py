@@ -22,7 +22,11 @@ class ErrorSchema(Schema):
 class ValidationErrorSchema(ErrorSchema):
     """Every 400: the error, plus what the particular error adds."""
 
-    reason = fields.String(metadata={"description": "invalid_push_token: why the token does not fit its platform."})
+    reason = fields.String(metadata={"description": "invalid_push_token: why the token does not fit its platform; "
+                                     "data_too_large: which platforms cannot carry the message, and why."})
+    platforms = fields.List(fields.String(), metadata={
+        "description": "data_too_large: the targeted platforms (web, ios, android) that cannot carry the message "
+                       "whatever the body's truncation (absent when the data alone exceeds 4096 bytes)."})
     user_ids = fields.List(fields.UUID(), metadata={"description": "user_not_enrolled: the users not enrolled."})
     # Last: from here on the class body's ``fields`` is this attribute, not the marshmallow module.
     fields = fields.Dict(

@@ -30,11 +30,11 @@ from py_vapid import Vapid
 
 from shared.delivery import ClaimedDelivery
 from shared.egress import EndpointRefused, check_push_endpoint, is_public_address
-from shared.message import Message, compact_json
 from shared.models import utcnow
 from shared.outcomes import Outcome
-from shared.payloads import PayloadTooLarge, fit_body
+from shared.payloads import PayloadTooLarge
 from shared.platforms import WEBPUSH_MAX_PLAINTEXT_BYTES
+from shared.vendor_payloads import WEB, fit
 from workers.adapters.base import AppCredentials, parse_retry_after
 from workers.vendors.loop import LoopThread
 
@@ -46,11 +46,6 @@ VAPID_RENEW_BEFORE_SECONDS = 3600
 MAX_ANSWER_BYTES = 16 * 1024  # push services answer with empty or tiny bodies
 MAX_MESSAGE_ID_CHARS = 512
 _GRACE_SECONDS = 5.0
-
-
-def webpush_payload(message: Message, body: str | None = None) -> bytes:
-    """The JSON a service worker receives in its push event (``url`` to open on click)."""
-    return compact_json(message.payload(body))
 
 
 def _b64decode(value: str) -> bytes:
@@ -226,7 +221,7 @@ class WebPushAdapter:
     async def _send(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
         message = delivery.message
         try:
-            payload, truncated = fit_body(lambda body: webpush_payload(message, body), message.body, MAX_PLAINTEXT_BYTES)
+            payload, truncated = fit(WEB, message)  # as the API measured it at accept
         except PayloadTooLarge as exc:
             return Outcome.rejected(f"payload too large for Web Push: {exc}")
         try:
