@@ -50,13 +50,14 @@ RETRY_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("auth", re.compile(r"\b401\b|ProviderToken|token endpoint", re.I)),
     ("timeout", re.compile(r"timed out|timeout", re.I)),
     ("vendor_error", re.compile(r"\b5\d\d\b|\b408\b|UNAVAILABLE|INTERNAL|ServiceUnavailable|Shutdown", re.I)),
+    ("egress", re.compile(r"^egress refused", re.I)),  # a push service's name resolved to no public address
     ("connection", re.compile(r"connect|connection", re.I)),
     ("client_error", re.compile(r"client error|unexpected error", re.I)),
 )
 
 
 def retry_reason(reason: str | None) -> str:
-    """The label for a retry: throttled, auth, timeout, vendor_error, connection, client_error or other."""
+    """The label for a retry: throttled, auth, timeout, vendor_error, egress, connection, client_error or other."""
     for label, pattern in RETRY_REASONS:
         if reason and pattern.search(reason):
             return label

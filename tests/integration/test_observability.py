@@ -89,6 +89,7 @@ def test_json_lines_are_one_object_each():
     ("APNs ServiceUnavailable (503)", "vendor_error"), ("connection lost", "connection"),
     ("cannot connect to APNs: ConnectionRefusedError: nope", "connection"),
     ("web push client error: KeyError", "client_error"), ("something new", "other"), (None, "other"),
+    ("egress refused at connect: the push service host resolved to no public address", "egress"),
 ])
 def test_retry_reasons_fold_into_few_labels(reason, label):
     assert retry_reason(reason) == label

@@ -96,41 +96,81 @@ def strict_api(production_api: httpx.Client, engine) -> httpx.Client:
 
 # -- 1. egress rules at registration ---------------------------------------------------------
 
-REFUSED_ENDPOINTS = [
-    "https://127.0.0.1:5432/x",
-    "https://localhost/x",
-    "https://169.254.169.254/latest/meta-data/",
-    "https://[::1]:6379/x",
-    "https://[::ffff:127.0.0.1]/x",
-    "https://0x7f000001/x",
-    "https://2130706433/x",
-    "https://10.0.0.5/x",
-    "https://192.168.1.1/x",
-    "https://user:pw@fcm.googleapis.com/fcm/send/abc",
-    "https://metadata.google.internal/x",
-    "https://evil.example.com/x",
-    "http://fcm.googleapis.com/x",
+# Each rule's own reason (shared/egress.py), so a test says which rule refused, not merely that one did.
+CONTROL = "endpoint contains spaces, control characters or backslashes"
+NON_ASCII = "endpoint contains non-ASCII characters (host names are written in their xn-- form)"
+NOT_A_URL = "endpoint is not a valid URL"
+NOT_HTTPS = "endpoint must be an https URL"
+USERINFO = "endpoint must not contain user information (user:password@)"
+PORT_RANGE = "endpoint port is not a number between 0 and 65535"
+NO_HOST = "endpoint has no host"
+IP_LITERAL = "endpoint host must be a push service's name, not an IP address"
+PORT_443 = "endpoint port must be 443"
+BAD_NAME = "endpoint host is not a valid host name"
+UNKNOWN_HOST = "endpoint host is not a known push service (an operator can add it with PUSHQ_WEBPUSH_EXTRA_HOSTS)"
+
+REFUSED_ENDPOINTS = {
+    "https://127.0.0.1:5432/x": IP_LITERAL,
+    "https://localhost/x": UNKNOWN_HOST,
+    "https://169.254.169.254/latest/meta-data/": IP_LITERAL,
+    "https://[::1]:6379/x": IP_LITERAL,
+    "https://[::ffff:127.0.0.1]/x": IP_LITERAL,
+    "https://0x7f000001/x": IP_LITERAL,
+    "https://2130706433/x": IP_LITERAL,
+    "https://10.0.0.5/x": IP_LITERAL,
+    "https://192.168.1.1/x": IP_LITERAL,
+    "https://user:pw@fcm.googleapis.com/fcm/send/abc": USERINFO,
+    "https://metadata.google.internal/x": UNKNOWN_HOST,
+    "https://evil.example.com/x": UNKNOWN_HOST,
+    "http://fcm.googleapis.com/x": NOT_HTTPS,
+    "ftp://fcm.googleapis.com/x": NOT_HTTPS,
     # more spellings of the same ideas
-    "https://0177.0.0.1/x",
-    "https://127.1/x",
-    "https://fcm.googleapis.com:8443/x",
-    "https://fcm.googleapis.com.evil.example.com/x",
-    "https://evil.example.com\\@fcm.googleapis.com/x",
-    "https://fcm.googleapis.com./x",
-    "https://push.apple.com/x",  # *.push.apple.com means subdomains only
-    "https://push.example.org:444/x",
-    "http://127.0.0.1:8080/x",  # loopback http only with PUSHQ_ALLOW_HTTP_ENDPOINTS
-]
+    "https://0177.0.0.1/x": IP_LITERAL,
+    "https://127.1/x": IP_LITERAL,
+    "https://fcm.googleapis.com:8443/x": PORT_443,
+    "https://fcm.googleapis.com.evil.example.com/x": UNKNOWN_HOST,
+    "https://evil.example.com\\@fcm.googleapis.com/x": CONTROL,
+    "https://fcm.googleapis.com./x": BAD_NAME,
+    "https://push.apple.com/x": UNKNOWN_HOST,  # *.push.apple.com means subdomains only
+    "https://push.example.org:444/x": PORT_443,
+    "http://127.0.0.1:8080/x": NOT_HTTPS,  # loopback http only with PUSHQ_ALLOW_HTTP_ENDPOINTS
+    # ports out of range or odd
+    "https://fcm.googleapis.com:99999/x": PORT_RANGE,
+    "https://fcm.googleapis.com:65536/x": PORT_RANGE,
+    "https://fcm.googleapis.com:-1/x": PORT_RANGE,
+    "https://fcm.googleapis.com:0/x": PORT_443,
+    "https://:443/x": NO_HOST,
+    # control characters and spaces
+    "https://fcm.googleapis.com/fcm/send/a\x01b": CONTROL,
+    "https://fcm.googleapis.com\t/x": CONTROL,
+    "https://fcm.googleapis.com/fcm/send/a b": CONTROL,
+    "https://fcm.googleapis.com/\x7f": CONTROL,
+    # non-ASCII hosts: homoglyphs, full-width forms and characters NFKC folds into URL syntax
+    "https://f\u0441m.googleapis.com/x": NON_ASCII,  # Cyrillic es
+    "https://fcm\u3002googleapis.com/x": NON_ASCII,  # ideographic full stop
+    "https://fcm.googleapis.com:\uff14\uff14\uff13/x": NON_ASCII,  # full-width 443
+    "https://fcm.googleapis.com\u2100/x": NON_ASCII,  # "a/c" under NFKC: urlsplit raised (a 500)
+    "https://fcm.googleapis.c\u00f6m/x": NON_ASCII,
+    "https://xn--fcm-xxa.googleapis.com/x": UNKNOWN_HOST,  # the ASCII form is judged as a name
+    "https://[::1/x": NOT_A_URL,  # urlsplit raised (a 500)
+}
 
 
-@pytest.mark.parametrize("endpoint", REFUSED_ENDPOINTS)
+@pytest.mark.parametrize(("endpoint", "reason"), REFUSED_ENDPOINTS.items(), ids=list(map(ascii, REFUSED_ENDPOINTS)))
 def test_endpoints_outside_the_push_services_are_refused_at_registration(
-    strict_api, tenant, user, push_service, session_factory, endpoint
+    strict_api, tenant, user, push_service, session_factory, endpoint, reason
 ):
-    reason = assert_refused_endpoint(register(strict_api, tenant, user, "web", subscription(push_service, endpoint)))
-    assert "endpoint" in reason
+    assert assert_refused_endpoint(register(strict_api, tenant, user, "web", subscription(push_service, endpoint))) \
+        == reason
     with session_factory() as session:
         assert session.query(Device).count() == 0
+
+
+def test_every_rule_has_its_own_reason():
+    assert len({CONTROL, NON_ASCII, NOT_A_URL, NOT_HTTPS, USERINFO, PORT_RANGE, NO_HOST, IP_LITERAL, PORT_443, BAD_NAME,
+                UNKNOWN_HOST}) == 11
+    assert set(REFUSED_ENDPOINTS.values()) == {CONTROL, NON_ASCII, NOT_A_URL, NOT_HTTPS, USERINFO, PORT_RANGE, NO_HOST,
+                                               IP_LITERAL, PORT_443, BAD_NAME, UNKNOWN_HOST}
 
 
 ACCEPTED_ENDPOINTS = [
@@ -156,8 +196,9 @@ def test_development_setting_allows_http_to_loopback_only(api, tenant, user, pus
     assert register(api, tenant, user, "web", json.dumps(push_service.new_subscription())).status_code == 201
     for endpoint in ("http://[::1]:6379/x", "http://localhost:1/x"):
         assert register(api, tenant, user, "web", subscription(push_service, endpoint)).status_code == 201
-    for endpoint in ("http://10.0.0.5/x", "http://evil.example.com/x", "https://127.0.0.1/x"):
-        assert_refused_endpoint(register(api, tenant, user, "web", subscription(push_service, endpoint)))
+    for endpoint, reason in (("http://10.0.0.5/x", NOT_HTTPS), ("http://evil.example.com/x", NOT_HTTPS),
+                             ("https://127.0.0.1/x", IP_LITERAL)):
+        assert assert_refused_endpoint(register(api, tenant, user, "web", subscription(push_service, endpoint))) == reason
 
 
 def test_extra_hosts_must_be_host_names():
@@ -184,6 +225,13 @@ def test_check_push_endpoint_gives_a_reason():
         ("::1", False), ("fe80::1", False), ("fc00::1", False), ("ff02::1", False),
         ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.5", False), ("::7f00:1", False),
         ("2002:7f00:1::", False), ("64:ff9b::7f00:1", False), ("not an address", False),
+        # site-local fec0::/10 (Python's is_global says True), Teredo, documentation, SRv6, discard
+        ("fec0::1", False), ("feff::1", False), ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False), ("2001::1", False),
+        ("2001:db8::1", False), ("3fff::1", False), ("5f00::1", False), ("100::1", False),
+        # IPv4 inside IPv6: IPv4-compatible, 6to4 and NAT64 of private v4 refused; of public v4, public
+        ("::a00:5", False), ("::808:808", False), ("2002:a00:5::1", False), ("64:ff9b::a00:5", False),
+        ("64:ff9b:1::a00:5", False), ("2002:808:808::1", True), ("64:ff9b::808:808", True),
+        ("2001:4860:4860::8888", True),
     ],
 )
 def test_is_public_address(address, public):

@@ -78,6 +78,9 @@ class VapidHeaders:
         return header
 
 
+EGRESS_REFUSED_AT_CONNECT = "egress refused at connect: the push service host resolved to no public address"
+
+
 class NonPublicAddress(OSError):
     """A push service's host name resolved to no address pushq may connect to."""
 
@@ -88,7 +91,9 @@ class PublicAddressResolver(AbstractResolver):
     The connection then goes to an address that was checked (TLS still verifies
     the host name), so a DNS answer pointing an allowed push-service name at
     loopback, a private network or the metadata service (DNS rebinding) cannot
-    reach inside. ``allow_loopback`` is for development only
+    reach inside. Such a push is a retry, never a dead device: the endpoint
+    passed the rules, and a resolver fault must not disable a push service's
+    every device. ``allow_loopback`` is for development only
     (``PUSHQ_ALLOW_HTTP_ENDPOINTS``, the local stand-in push service).
     """
 
@@ -265,7 +270,9 @@ class WebPushAdapter:
             return Outcome.retry("push service timed out")
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, NonPublicAddress):
-                return Outcome.rejected("push service host resolves to no public address", disable_device=True)
+                # The name passed the egress rules; only today's DNS answer points inside. One resolver fault
+                # must not disable every device of a push service: try again later (counted as an egress retry).
+                return Outcome.retry(EGRESS_REFUSED_AT_CONNECT)
             return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
         except aiohttp.ClientError as exc:
             return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
