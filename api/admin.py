@@ -27,6 +27,7 @@ from werkzeug.wrappers import Response
 from api.endpoints import page_blueprint
 from api.errors import ApiError
 from api.request_session import db_session
+from shared.guards import address_bucket
 from shared.models import utcnow
 from shared.services import stats
 
@@ -73,8 +74,8 @@ def _valid_cookie(value: str, token: str, now: float) -> bool:
 def _check(accept: Callable[[], bool]) -> bool:
     """Run ``accept()`` under the per-address failure throttle: a refusal counts, a success is forgiven."""
     limiter = current_app.extensions["pushq"].client_auth_limiter
-    address = request.remote_addr or "unknown"
-    attempt = limiter.reserve(f"admin@{address}", address, utcnow())
+    address = request.remote_addr
+    attempt = limiter.reserve(f"admin@{address_bucket(address)}", address, utcnow())
     if not accept():
         return False
     limiter.forgive(attempt)

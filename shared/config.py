@@ -122,6 +122,8 @@ class Settings:
     token_failures_per_client: int = field(default=10, metadata={"env": "PUSHQ_TOKEN_FAILURES_PER_CLIENT"})
     token_failures_per_address: int = field(default=30, metadata={"env": "PUSHQ_TOKEN_FAILURES_PER_ADDRESS"})
     token_failure_window_seconds: int = field(default=300, metadata={"env": "PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS"})
+    # scrypt runs at once per API process at POST /oauth/token (16 MiB and tens of ms each); beyond, 503.
+    token_hash_concurrency: int = field(default=2, metadata={"env": "PUSHQ_TOKEN_HASH_CONCURRENCY"})
     # The claim (name=value) that makes a token with app_id a service token; pushq's own tokens carry it.
     service_token_claim: str = field(default="token_use=service", metadata={"env": "PUSHQ_SERVICE_TOKEN_CLAIM"})
     log_level: str = field(default="INFO", metadata={"env": "PUSHQ_LOG_LEVEL"})
@@ -213,7 +215,8 @@ class Settings:
         for name, value in (("PUSHQ_MAX_DEVICES_PER_USER", self.max_devices_per_user),
                             ("PUSHQ_TOKEN_FAILURES_PER_CLIENT", self.token_failures_per_client),
                             ("PUSHQ_TOKEN_FAILURES_PER_ADDRESS", self.token_failures_per_address),
-                            ("PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS", self.token_failure_window_seconds)):
+                            ("PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS", self.token_failure_window_seconds),
+                            ("PUSHQ_TOKEN_HASH_CONCURRENCY", self.token_hash_concurrency)):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1")
         claim, equals, claim_value = self.service_token_claim.partition("=")

@@ -15,8 +15,10 @@ import base64
 import json
 import logging
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
@@ -360,8 +362,7 @@ def test_a_device_moves_to_another_user_only_with_its_token_and_never_across_app
 
 @pytest.fixture
 def scrypt_calls(monkeypatch) -> list[int]:
-    """Counts the scrypt hashes computed while verifying secrets (the dummy hash is computed beforehand)."""
-    clients._dummy_hash()
+    """Counts the scrypt hashes computed while verifying secrets."""
     calls: list[int] = []
     real = clients._scrypt
 
@@ -405,10 +406,79 @@ def test_guessing_across_client_ids_is_throttled_per_address(client, settings, t
                             environ_base=attacker).status_code for n in range(60)]
     limit = settings.token_failures_per_address
     assert statuses == [401] * limit + [429] * (60 - limit)
-    assert len(scrypt_calls) == limit
+    assert scrypt_calls == []  # unknown client ids are refused without hashing anything
     client_id, secret = new_client(session_factory, tenant.id)
     assert client.post("/oauth/token", data=GRANT, headers=basic(client_id, secret),
                        environ_base={"REMOTE_ADDR": "198.51.100.1"}).status_code == 200  # other addresses unaffected
+
+
+def test_an_ipv6_slash_64_is_one_address(client, settings, tenant, session_factory):
+    """One subscriber holds a whole /64: rotating through its addresses must not reset the per-address window."""
+    limit = settings.token_failures_per_address
+    statuses = [client.post("/oauth/token", data=GRANT, headers=basic(f"pqc_guess{n}", "x"),
+                            environ_base={"REMOTE_ADDR": f"2001:db8:1:2:{n:x}::{n + 1:x}"}).status_code
+                for n in range(limit + 5)]
+    assert statuses == [401] * limit + [429] * 5
+    mapped = client.post("/oauth/token", data=GRANT, headers=basic("pqc_guess", "x"),
+                         environ_base={"REMOTE_ADDR": "2001:db8:1:2::ffff"})
+    assert mapped.status_code == 429
+    client_id, secret = new_client(session_factory, tenant.id)
+    for neighbour in ("2001:db8:1:3::1", "203.0.113.9"):  # the next /64, and IPv4, are other addresses
+        assert client.post("/oauth/token", data=GRANT, headers=basic(client_id, secret),
+                           environ_base={"REMOTE_ADDR": neighbour}).status_code == 200
+
+
+def test_unknown_malformed_and_revoked_client_ids_cost_no_hash(client, tenant, session_factory, scrypt_calls):
+    client_id, secret = new_client(session_factory, tenant.id)
+    with session_scope(session_factory) as session:
+        clients.revoke_client(session, client_id)
+    scrypt_calls.clear()
+    for candidate in ("pqc_" + secrets.token_urlsafe(18), "not\x00printable", "x" * 65, client_id):
+        refused = client.post("/oauth/token", data={**GRANT, "client_id": candidate, "client_secret": secret})
+        assert (refused.status_code, refused.get_json()["error"]) == (401, "invalid_client"), candidate
+    assert scrypt_calls == []
+    live_id, live_secret = new_client(session_factory, tenant.id)
+    scrypt_calls.clear()
+    assert client.post("/oauth/token", data=GRANT, headers=basic(live_id, "wrong")).status_code == 401
+    assert client.post("/oauth/token", data=GRANT, headers=basic(live_id, live_secret)).status_code == 200
+    assert len(scrypt_calls) == 2  # a live client's secret is always hashed, right or wrong
+
+
+def test_hashing_is_bounded_per_process(settings, database, engine, tenant, session_factory, monkeypatch):
+    """PUSHQ_TOKEN_HASH_CONCURRENCY=1, over HTTP: while one secret is being hashed, another authentication finds
+    no slot and is answered 503 at once (not queued without bound, not counted as a failure); then it succeeds."""
+    entered, release = threading.Event(), threading.Event()
+    real = clients._scrypt
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(timeout=30)
+        return real(*args, **kwargs)
+
+    first_id, first_secret = new_client(session_factory, tenant.id)
+    second_id, second_secret = new_client(session_factory, tenant.id)
+    server = LiveServer(create_app(settings.replace(token_hash_concurrency=1))).start()
+    monkeypatch.setattr(clients, "_scrypt", held)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as http, \
+                ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(http.post, "/oauth/token", data=GRANT, headers=basic(first_id, first_secret))
+            assert entered.wait(timeout=10)
+            busy = http.post("/oauth/token", data=GRANT, headers=basic(second_id, second_secret))
+            assert busy.status_code == 503, busy.text
+            assert busy.json() == {"error": "temporarily_unavailable",
+                                   "message": "Too many client authentications in progress, try again shortly"}
+            assert (busy.headers["Retry-After"], busy.headers["Cache-Control"]) == ("1", "no-store")
+            release.set()
+            assert first.result(timeout=30).status_code == 200
+            monkeypatch.setattr(clients, "_scrypt", real)
+            limit = settings.token_failures_per_client  # the 503 left nothing in the client's failure window
+            statuses = [http.post("/oauth/token", data=GRANT, headers=basic(second_id, "wrong")).status_code
+                        for _ in range(limit + 1)]
+            assert statuses == [401] * limit + [429]
+    finally:
+        release.set()
+        server.stop()
 
 
 def test_successful_authentications_do_not_count(client, settings, tenant, session_factory):
