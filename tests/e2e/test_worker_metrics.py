@@ -15,7 +15,7 @@ import httpx
 import psutil
 import redis
 
-from tests.support.harness import TEST_ENV, start_worker
+from tests.support.harness import TEST_ENV, own_database, start_worker
 
 TOKEN = "worker-metrics-" + "t" * 20
 
@@ -26,11 +26,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_the_worker_metrics_port_listens_on_loopback_and_asks_for_the_token(database, tmp_path):
+def test_the_worker_metrics_port_listens_on_loopback_and_asks_for_the_token(tmp_path):
     strict_redis = os.environ.get("TEST_EGRESS_REDIS_URL", "redis://127.0.0.1:6379/8")
     redis.Redis.from_url(strict_redis).flushdb()
     port = _free_port()
+    # Its own database and broker: this worker's scheduler must not pick up other tests' work.
     env = {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore", "REDIS_URL": strict_redis,
+           "DATABASE_URL": own_database("egress"),
            "PUSHQ_METRICS_DIR": str(tmp_path / "metrics"), "PUSHQ_WORKER_METRICS_PORT": str(port),
            "PUSHQ_METRICS_TOKEN": TOKEN}
     worker = start_worker(env, tmp_path / "worker.log", tmp_path / "schedule")
