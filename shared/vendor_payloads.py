@@ -175,11 +175,14 @@ class Refusal:
 def refusals(message: Message, platforms: Iterable[str], now: datetime) -> list[Refusal]:
     """For each of ``platforms`` that cannot carry ``message`` whatever the truncation: why not.
 
-    Two encodings per platform at most: the message as it is, and with the
-    shortest body the truncation rule makes (an ellipsis alone), which is the
-    smallest payload truncation can reach.
+    One encoding per platform: the message with the shortest body the adapter
+    can end up sending, an ellipsis alone (what the truncation rule reaches), or
+    the body itself when that is shorter still; if that fits, the adapter's
+    :func:`fit` finds a payload within the limit.
     """
     found = []
+    body = message.body if len(message.body) <= len(ELLIPSIS.encode()) and \
+        len(compact_json(message.body)) < len(compact_json(ELLIPSIS)) else ELLIPSIS
     for platform in platforms:
         if platform == ANDROID:
             reserved = fcm_reserved_keys(message.data or {})
@@ -187,13 +190,11 @@ def refusals(message: Message, platforms: Iterable[str], now: datetime) -> list[
                 found.append(Refusal(platform, f"{VENDORS[platform]} reserves the data keys {', '.join(sorted(reserved))} "
                                                f"(from, message_type, collapse_key and keys starting with google or gcm)"))
                 continue
-        build, limit = builder(platform, message, now), LIMITS[platform]
-        if len(build(message.body)) <= limit:
-            continue
-        smallest = len(build(ELLIPSIS))
+        limit = LIMITS[platform]
+        smallest = len(builder(platform, message, now)(body))
         if smallest > limit:
             found.append(Refusal(platform, f"{VENDORS[platform]} carries at most {limit} bytes and this message takes "
-                                           f"{smallest} with its body cut to {ELLIPSIS!r} (title, data and url are never cut)"))
+                                           f"{smallest} with its body cut to {body!r} (title, data and url are never cut)"))
     return found
 
 
