@@ -7,19 +7,26 @@ Security Policy allows no script at all. The figures come from
 
 Authentication is one shared secret, ``PUSHQ_ADMIN_TOKEN``: presented as
 ``Authorization: Bearer`` (curl, monitoring) or, for a browser, exchanged at
-``/admin/login`` for a cookie (HttpOnly, SameSite=Strict, 12 h) that carries a
-MAC of its expiry under the token, never the token itself. Without the
-setting the page does not exist (404). Failed attempts are throttled per
-source address by the same Redis windows as the token endpoint.
+``/admin/login`` for a session cookie (HttpOnly, SameSite=Strict, Secure, 12 h)
+naming a server-side session (:mod:`shared.admin_sessions`), never the token
+itself: logging out, or changing the token, ends the session wherever its
+cookie was copied. The cookie is always ``Secure`` (browsers keep it over
+https, and over http only on localhost), so it never travels in clear behind a
+TLS-terminating proxy either. Every state-changing request (login, logout)
+must come from the page itself: its ``Origin`` (else ``Referer``) must name
+this host, and ``Sec-Fetch-Site`` when sent must say same-origin; a cross-site
+form is refused with 403. Without the setting the page does not exist (404).
+Failed attempts are throttled per source address (IPv6 per /64) by the same
+Redis windows as the token endpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from flask import current_app, make_response, redirect, render_template, request
 from werkzeug.wrappers import Response
@@ -27,6 +34,8 @@ from werkzeug.wrappers import Response
 from api.endpoints import page_blueprint
 from api.errors import ApiError
 from api.request_session import db_session
+from shared.admin_sessions import AdminSessions
+from shared.guards import address_bucket
 from shared.models import utcnow
 from shared.services import stats
 
@@ -34,7 +43,6 @@ bp = page_blueprint("admin", __name__, "/admin", template_folder="templates")
 
 COOKIE_NAME = "pushq_admin"
 SESSION_SECONDS = 12 * 3600
-_COOKIE_PURPOSE = b"pushq admin session v1"
 # No script, no external anything: the page is HTML and inline SVG, styled by one inline <style>.
 _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'")
@@ -53,28 +61,48 @@ def _same_secret(presented: str, token: str) -> bool:
     return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), hashlib.sha256(token.encode()).digest())
 
 
-def _cookie_mac(token: str, expires: int) -> str:
-    return hmac.new(token.encode(), _COOKIE_PURPOSE + b":" + str(expires).encode(), hashlib.sha256).hexdigest()
+def _sessions() -> AdminSessions:
+    return AdminSessions(current_app.extensions["pushq"].redis, SESSION_SECONDS)
 
 
-def session_cookie(token: str, now: float) -> str:
-    """``<expiry>.<MAC>``: valid until the expiry, and only while the token stays the same."""
-    expires = int(now) + SESSION_SECONDS
-    return f"{expires}.{_cookie_mac(token, expires)}"
+def _from_this_site() -> bool:
+    """Whether a state-changing request came from a page of this host (a CSRF defence needing no token).
 
-
-def _valid_cookie(value: str, token: str, now: float) -> bool:
-    expires, _, mac = value.partition(".")
-    if not expires.isdigit() or int(expires) < now:
+    Browsers send ``Origin`` on every POST (with this page's referrer policy,
+    same-origin, it names the page's origin); its host must be the one the
+    request was sent to (``Host``, or the first ``X-Forwarded-Host`` set by a
+    proxy: a cross-site form can set neither). Without ``Origin`` the
+    ``Referer`` is read the same way; with neither, or ``Origin: null``, the
+    request is refused.
+    """
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return False
-    return hmac.compare_digest(mac.encode(), _cookie_mac(token, int(expires)).encode())
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if not source or source == "null":
+        return False
+    try:
+        host = urlsplit(source).netloc.lower()
+    except ValueError:
+        return False
+    allowed = {request.host.lower()}
+    forwarded = request.headers.get("X-Forwarded-Host")
+    if forwarded:
+        allowed.add(forwarded.split(",")[0].strip().lower())
+    return bool(host) and host in allowed
+
+
+def _require_same_origin() -> None:
+    if not _from_this_site():
+        raise ApiError(403, "cross_origin_request",
+                       "Cross-origin request refused: log in and out from the status page itself")
 
 
 def _check(accept: Callable[[], bool]) -> bool:
     """Run ``accept()`` under the per-address failure throttle: a refusal counts, a success is forgiven."""
     limiter = current_app.extensions["pushq"].client_auth_limiter
-    address = request.remote_addr or "unknown"
-    attempt = limiter.reserve(f"admin@{address}", address, utcnow())
+    address = request.remote_addr
+    attempt = limiter.reserve(f"admin@{address_bucket(address)}", address, utcnow())
     if not accept():
         return False
     limiter.forgive(attempt)
@@ -90,7 +118,7 @@ def require_admin() -> None:
         scheme, _, presented = header.partition(" ")
         accepted = scheme.lower() == "bearer" and _check(lambda: _same_secret(presented.strip(), token))
     elif cookie:
-        accepted = _check(lambda: _valid_cookie(cookie, token, time.time()))
+        accepted = _check(lambda: _sessions().valid(cookie, token))
     else:
         raise ApiError(401, "admin_token_required",
                        "Admin token required: Authorization: Bearer <PUSHQ_ADMIN_TOKEN>, or log in at /admin/login")
@@ -103,7 +131,8 @@ def _page(html: str, status: int = 200) -> Response:
     response.headers["Content-Security-Policy"] = _CSP
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the page's own forms.
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
@@ -162,21 +191,28 @@ def login_form() -> Response:
 
 @bp.post("/login")
 def login() -> Response:
-    """Exchange the token (form field ``token``) for the session cookie; the token itself is never stored."""
+    """Exchange the token (form field ``token``) for a session cookie; the token itself is never stored."""
     token = _admin_token()
+    _require_same_origin()
     presented = request.form.get("token", "")
     if not _check(lambda: bool(presented) and _same_secret(presented, token)):
         return _page(render_template("admin/login.html", error="Invalid admin token"), 401)
     response = redirect("/admin", code=303)
-    response.set_cookie(COOKIE_NAME, session_cookie(token, time.time()), max_age=SESSION_SECONDS, path="/admin",
-                        httponly=True, samesite="Strict", secure=request.is_secure)
+    response.set_cookie(COOKIE_NAME, _sessions().open(token), max_age=SESSION_SECONDS, path="/admin",
+                        httponly=True, samesite="Strict", secure=True)
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @bp.post("/logout")
 def logout() -> Response:
+    """End the session server-side (its cookie stops working wherever it was copied), then drop the cookie."""
     _admin_token()
+    _require_same_origin()
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie:
+        _sessions().end(cookie)
     response = redirect("/admin/login", code=303)
-    response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="Strict", secure=request.is_secure)
+    response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="Strict", secure=True)
+    response.headers["Cache-Control"] = "no-store"
     return response

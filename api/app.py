@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import redis
@@ -32,6 +33,7 @@ class PushqState:
     quota: QuotaPolicy
     registration_limiter: RegistrationLimiter
     client_auth_limiter: ClientAuthFailureLimiter
+    token_hash_slots: threading.BoundedSemaphore  # scrypt runs at once in this process (PUSHQ_TOKEN_HASH_CONCURRENCY)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             guards_redis, settings.token_failures_per_client, settings.token_failures_per_address,
             settings.token_failure_window_seconds,
         ),
+        token_hash_slots=threading.BoundedSemaphore(settings.token_hash_concurrency),
     )
 
     from api.health import bp as health_bp

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -170,8 +171,33 @@ def json_body() -> Any:
         raise ApiError(400, "malformed_json", "Request body is not valid JSON")
     if not isinstance(body, dict):
         raise ApiError(400, "validation_error", "Invalid request", fields={"_schema": ["Expected a JSON object."]})
-    try:  # JSON may escape lone surrogates ("\ud800") that no UTF-8 store can hold
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    try:
+        # JSON may escape lone surrogates ("\ud800") that no UTF-8 store can hold; and Python's parser takes
+        # NaN and Infinity (not JSON) and reads 1e400 as infinity, which no JSON column (nor vendor) can hold.
+        json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
         raise ApiError(400, "malformed_json", "Request body is not valid JSON") from None
+    except ValueError:
+        raise ApiError(400, "validation_error", "Invalid request", fields=non_finite_fields(body)) from None
     return body
+
+
+NOT_FINITE = "Not a finite number: NaN, Infinity and numbers beyond the float range (such as 1e400) are refused."
+
+
+def non_finite_fields(body: dict[str, Any]) -> dict[Any, Any]:
+    """Where the first non-finite number sits, as marshmallow names nested fields: ``{"data": {"k": [msg]}}``
+    (list items by index). Iterative: a body may nest as deep as the parser allows."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(body, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            fields: Any = [NOT_FINITE]
+            for key in reversed(path):
+                fields = {key: fields}
+            return fields  # type: ignore[no-any-return]
+        if isinstance(value, dict):
+            stack.extend((item, (*path, key)) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, (*path, index)) for index, item in enumerate(value))
+    return {"_schema": [NOT_FINITE]}

@@ -7,8 +7,8 @@ the fan-out task's headers and appears in every log line about them.
 
 from __future__ import annotations
 
-import hmac
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +23,7 @@ from api.request_session import db_session
 from shared.db import after_commit, session_scope
 from shared.models import Delivery, DeliveryStatus, Notification, NotificationStatus, utcnow
 from shared.observability.context import accept_request_id, reset_request_ids, set_request_ids
-from shared.observability.metrics import exposition, host_registry, join_group_dir, metrics
+from shared.observability.metrics import exposition, host_registry, join_group_dir, metrics, metrics_authorized
 from workers.celery_app import ALL_QUEUES, FANOUT_QUEUE, PLATFORM_QUEUES
 from workers.dispatch import Dispatcher
 
@@ -45,7 +45,8 @@ def install_observability(app: Flask) -> None:
     state = app.extensions["pushq"]
     join_group_dir(state.settings, "api")
     app.extensions["pushq_metrics"] = host_registry(
-        state.settings, QueueCollector(state.dispatcher.celery, state.session_factory)
+        state.settings,
+        QueueCollector(state.dispatcher.celery, state.session_factory, state.settings.metrics_refresh_seconds),
     )
     app.before_request(_start_request)
     app.after_request(_finish_request)
@@ -115,9 +116,7 @@ def metrics_view():
     """Every pushq process's metrics on this host, in the Prometheus text format (outside the OpenAPI
     document, like /healthz). With PUSHQ_METRICS_TOKEN set it needs ``Authorization: Bearer <token>``."""
     token = current_app.extensions["pushq"].settings.metrics_token
-    if token and not hmac.compare_digest(
-        request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
-    ):
+    if not metrics_authorized(request.headers.get("Authorization"), token):
         response = current_app.json.response({"error": "invalid_token", "message": "Invalid token"})
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
@@ -127,25 +126,52 @@ def metrics_view():
 
 
 class QueueCollector:
-    """Queue gauges read at scrape time: messages in the broker and work waiting in the database.
+    """Queue gauges: messages in the broker and work waiting in the database, read at most once per interval.
 
     The broker's count is what Celery has not handed to a worker yet (Redis:
     the length of the queue's lists; RabbitMQ: the queue's ready messages). The
     database says what the queues stand for, whatever the broker: deliveries
     ``pending`` per vendor and notifications accepted but not fanned out, and
     how long the oldest of them has waited.
+
+    Reading them costs a broker connection and two aggregate queries, so each
+    process reads them at most once per ``refresh_seconds``
+    (PUSHQ_METRICS_REFRESH_SECONDS) and answers every scrape in between from
+    that reading, however often (and by however many scrapers) /metrics is
+    asked: scraping cannot be turned into load on the database or the broker.
     """
 
-    def __init__(self, celery: Any, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, celery: Any, session_factory: sessionmaker[Session], refresh_seconds: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.celery = celery
         self.session_factory = session_factory
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._reading: tuple[dict[str, int], dict[str, tuple[int, float]]] | None = None
+        self._read_at = 0.0
+        self.refreshes = 0  # readings taken (for tests and debugging)
+
+    def reading(self) -> tuple[dict[str, int], dict[str, tuple[int, float]]]:
+        """(broker depths, database waiting work): the last reading while it is fresh, else a new one.
+
+        One thread reads at a time; the others wait for it and share its reading.
+        """
+        with self._lock:
+            now = self.clock()
+            if self._reading is None or now - self._read_at >= self.refresh_seconds:
+                self._reading = (self._broker_depths(), self._database_waiting_or_nothing())
+                self._read_at = self.clock()
+                self.refreshes += 1
+            return self._reading
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        depths, rows = self.reading()
         depth = GaugeMetricFamily("pushq_queue_depth", "Task messages waiting in the broker, by queue.",
                                   labels=["queue"])
-        for queue, count in self._broker_depths().items():
+        for queue, count in depths.items():
             depth.add_metric([queue], count)
         yield depth
         waiting = GaugeMetricFamily(
@@ -155,16 +181,18 @@ class QueueCollector:
         oldest = GaugeMetricFamily(
             "pushq_queue_oldest_waiting_seconds", "Age of the oldest waiting item, by queue (0 when none).",
             labels=["queue"])
-        try:
-            rows = self._database_waiting()
-        except Exception as exc:
-            log.warning("metrics: cannot read waiting work from the database: %s", type(exc).__name__)
-            rows = {}
         for queue, (count, age) in rows.items():
             waiting.add_metric([queue], count)
             oldest.add_metric([queue], age)
         yield waiting
         yield oldest
+
+    def _database_waiting_or_nothing(self) -> dict[str, tuple[int, float]]:
+        try:
+            return self._database_waiting()
+        except Exception as exc:
+            log.warning("metrics: cannot read waiting work from the database: %s", type(exc).__name__)
+            return {}
 
     def _broker_depths(self) -> dict[str, int]:
         """Messages per queue, asked the way every kombu transport answers (a passive declare).

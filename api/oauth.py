@@ -121,8 +121,11 @@ def issue_token(_principal, _body, **_):
     `error` is the OAuth error code, `message` describes it. Answers 404 `token_endpoint_disabled` when
     pushq has no key to sign with (RS*/ES* deployments without `PUSHQ_TOKEN_SIGNING_KEY`). Failed
     authentications are limited per client id (`PUSHQ_TOKEN_FAILURES_PER_CLIENT`) and per source address
-    (`PUSHQ_TOKEN_FAILURES_PER_ADDRESS`) in a sliding `PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS`: beyond, 429
-    `rate_limited` with `Retry-After`, before the secret is even checked.
+    (`PUSHQ_TOKEN_FAILURES_PER_ADDRESS`; an IPv6 address counts as its /64) in a sliding
+    `PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS`: beyond, 429 `rate_limited` with `Retry-After`, before the secret is
+    even checked. An unknown client id is refused without hashing anything. At most
+    `PUSHQ_TOKEN_HASH_CONCURRENCY` secrets are hashed at once per API process: beyond, after half a second,
+    503 `temporarily_unavailable` with `Retry-After: 1` (not counted as a failure).
     """
     issuer = _issuer()
     if not issuer.enabled:
@@ -138,6 +141,9 @@ def issue_token(_principal, _body, **_):
         return _json({"error": exc.error, "message": exc.message}, exc.status, headers)
     except TooManyFailedAuthentications as exc:
         log.info("token request refused: too many failed client authentications")
+        return _json({"error": exc.code, "message": exc.message}, exc.status, exc.headers)
+    except clients.HashingBusy as exc:
+        log.warning("token request refused: every hashing slot busy (PUSHQ_TOKEN_HASH_CONCURRENCY)")
         return _json({"error": exc.code, "message": exc.message}, exc.status, exc.headers)
     return _json(body, 200)
 
@@ -159,9 +165,9 @@ def _grant() -> dict:
     if grant_type != GRANT_TYPE:
         raise OAuthError(400, "unsupported_grant_type", f"Only grant_type={GRANT_TYPE} is supported")
     try:
-        client = clients.authenticate(db_session(), client_id, secret,
-                                      limiter=current_app.extensions["pushq"].client_auth_limiter,
-                                      address=request.remote_addr)
+        state = current_app.extensions["pushq"]
+        client = clients.authenticate(db_session(), client_id, secret, limiter=state.client_auth_limiter,
+                                      address=request.remote_addr, hash_slots=state.token_hash_slots)
     except clients.InvalidClient:
         raise _invalid_client() from None
     granted = _granted_scopes(form.get("scope"), clients.client_scopes(client))

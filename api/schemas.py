@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from shared.models import DeliveryStatus, NotificationStatus, Platform
@@ -19,7 +22,11 @@ class ErrorSchema(Schema):
 class ValidationErrorSchema(ErrorSchema):
     """Every 400: the error, plus what the particular error adds."""
 
-    reason = fields.String(metadata={"description": "invalid_push_token: why the token does not fit its platform."})
+    reason = fields.String(metadata={"description": "invalid_push_token: why the token does not fit its platform; "
+                                     "data_too_large: which platforms cannot carry the message, and why."})
+    platforms = fields.List(fields.String(), metadata={
+        "description": "data_too_large: the targeted platforms (web, ios, android) that cannot carry the message "
+                       "whatever the body's truncation (absent when the data alone exceeds 4096 bytes)."})
     user_ids = fields.List(fields.UUID(), metadata={"description": "user_not_enrolled: the users not enrolled."})
     # Last: from here on the class body's ``fields`` is this attribute, not the marshmallow module.
     fields = fields.Dict(
@@ -102,8 +109,24 @@ def _options() -> dict[str, fields.Field]:
     }
 
 
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 time with a zone that has a UTC equivalent in Python's years 1-9999.
+
+    ``0001-01-01T00:00:00+14:00`` parses, but is in year 0 once in UTC: refused
+    here as a 400 rather than overflowing when compared or stored.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        parsed: datetime = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("Out of range: the time in UTC must fall within years 1 to 9999.") from None
+        return parsed
+
+
 def _send_at() -> fields.AwareDateTime:
-    return fields.AwareDateTime(
+    return UtcDateTime(
         load_default=None,
         metadata={"description": "ISO 8601 with a time zone: fan out no earlier than this (and within seconds "
                   "after it); the ttl counts from it. At most 2419200 s ahead; absent or past: at once. Until then "
@@ -209,7 +232,7 @@ class PatientSendRequest(Schema):
         load_default=None, validate=[validate.Length(max=2048), _storable()],
         metadata={"description": "Opened by the service worker on click; travels in the push payload."},
     )
-    send_at = fields.AwareDateTime(
+    send_at = UtcDateTime(
         load_default=None, data_key="sendAt",
         metadata={"description": "Extension (pushq's send_at): ISO 8601 with a time zone; a future one schedules the "
                   "send and the call answers at once, every subscription `pending`."},

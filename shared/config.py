@@ -122,6 +122,8 @@ class Settings:
     token_failures_per_client: int = field(default=10, metadata={"env": "PUSHQ_TOKEN_FAILURES_PER_CLIENT"})
     token_failures_per_address: int = field(default=30, metadata={"env": "PUSHQ_TOKEN_FAILURES_PER_ADDRESS"})
     token_failure_window_seconds: int = field(default=300, metadata={"env": "PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS"})
+    # scrypt runs at once per API process at POST /oauth/token (16 MiB and tens of ms each); beyond, 503.
+    token_hash_concurrency: int = field(default=2, metadata={"env": "PUSHQ_TOKEN_HASH_CONCURRENCY"})
     # The claim (name=value) that makes a token with app_id a service token; pushq's own tokens carry it.
     service_token_claim: str = field(default="token_use=service", metadata={"env": "PUSHQ_SERVICE_TOKEN_CLAIM"})
     log_level: str = field(default="INFO", metadata={"env": "PUSHQ_LOG_LEVEL"})
@@ -134,6 +136,11 @@ class Settings:
     metrics_token: str | None = field(default=None, metadata={"env": "PUSHQ_METRICS_TOKEN"})
     # A Celery worker also serves this host's metrics on this port (hosts without the API); 0: off.
     worker_metrics_port: int = field(default=0, metadata={"env": "PUSHQ_WORKER_METRICS_PORT"})
+    # The address that port listens on: loopback unless a scraper elsewhere needs it (e.g. 0.0.0.0 or ::).
+    worker_metrics_host: str = field(default="127.0.0.1", metadata={"env": "PUSHQ_WORKER_METRICS_HOST"})
+    # Queue gauges (a broker connection and two aggregate queries) are read at most once per this many
+    # seconds per process, whatever the scrape rate; scrapes in between get the last reading.
+    metrics_refresh_seconds: float = field(default=15.0, metadata={"env": "PUSHQ_METRICS_REFRESH_SECONDS"})
     # The status page at /admin answers only to this token (bearer, or its login cookie); None: /admin is off (404).
     admin_token: str | None = field(default=None, metadata={"env": "PUSHQ_ADMIN_TOKEN"})
 
@@ -171,6 +178,8 @@ class Settings:
         self._validate_schedules()
         if self.push_concurrency < 1:
             raise ConfigError("PUSHQ_PUSH_CONCURRENCY must be at least 1")
+        if self.metrics_refresh_seconds < 0:
+            raise ConfigError("PUSHQ_METRICS_REFRESH_SECONDS must be 0 (every scrape) or more seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError("PUSHQ_LOG_FORMAT must be text or json")
         if self.admin_token is not None and len(self.admin_token) < 16:
@@ -213,7 +222,8 @@ class Settings:
         for name, value in (("PUSHQ_MAX_DEVICES_PER_USER", self.max_devices_per_user),
                             ("PUSHQ_TOKEN_FAILURES_PER_CLIENT", self.token_failures_per_client),
                             ("PUSHQ_TOKEN_FAILURES_PER_ADDRESS", self.token_failures_per_address),
-                            ("PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS", self.token_failure_window_seconds)):
+                            ("PUSHQ_TOKEN_FAILURE_WINDOW_SECONDS", self.token_failure_window_seconds),
+                            ("PUSHQ_TOKEN_HASH_CONCURRENCY", self.token_hash_concurrency)):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1")
         claim, equals, claim_value = self.service_token_claim.partition("=")

@@ -60,6 +60,13 @@ _UNSAFE_CHARACTERS = re.compile(r"[\x00-\x20\x7f\\]")
 
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d, and :: and ::1
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# IPv6 ranges never public whatever this Python's ``is_global`` table says (it differs between releases):
+# site-local (deprecated by RFC 3879, still routed inside some networks), Teredo (a tunnel whose far end
+# is an IPv4 host), documentation (2001:db8::/32 and RFC 9637's 3fff::/20), SRv6 SIDs (RFC 9602) and
+# the discard prefix.
+_NOT_PUBLIC_V6 = tuple(ipaddress.ip_network(network) for network in (
+    "fec0::/10", "2001::/32", "2001:db8::/32", "3fff::/20", "5f00::/16", "100::/64",
+))
 
 
 class EndpointRefused(ValueError):
@@ -108,7 +115,14 @@ def check_push_endpoint(url: str, *, allow_http_loopback: bool = False, extra_ho
     """
     if _UNSAFE_CHARACTERS.search(url):
         raise EndpointRefused("endpoint contains spaces, control characters or backslashes")
-    parts = urlsplit(url)
+    if not url.isascii():
+        # Browsers serialize endpoints in ASCII (xn-- host names, percent-encoded paths); anything else is
+        # a spelling URL parsers disagree about (NFKC folding "ａ" to "a", "。" to ".").
+        raise EndpointRefused("endpoint contains non-ASCII characters (host names are written in their xn-- form)")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL" (an unbalanced "[")
+        raise EndpointRefused("endpoint is not a valid URL") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not parts.netloc:
         raise EndpointRefused("endpoint must be an https URL")
@@ -141,9 +155,11 @@ def is_public_address(address: object) -> bool:
     """Whether a resolved address may be connected to: globally routable unicast, nothing local or private.
 
     ``ipaddress``'s ``is_global`` and not multicast, with the IPv4 address inside
-    an IPv4-mapped (``::ffff:127.0.0.1``), 6to4 or NAT64 IPv6 address checked too;
-    the deprecated IPv4-compatible range ``::/96`` is never public. Anything that
-    is not an IP address is False (fail closed).
+    an IPv4-mapped (``::ffff:127.0.0.1``), 6to4 or NAT64 IPv6 address checked too
+    (NAT64 of a public IPv4 address is public: IPv6-only networks reach IPv4 that
+    way); the deprecated IPv4-compatible range ``::/96``, site-local ``fec0::/10``,
+    Teredo ``2001::/32`` and the documentation, SRv6 and discard prefixes are never
+    public. Anything that is not an IP address is False (fail closed).
     """
     try:
         ip = ipaddress.ip_address(address)  # type: ignore[arg-type]
@@ -152,7 +168,7 @@ def is_public_address(address: object) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return is_public_address(ip.ipv4_mapped)
-        if ip in _IPV4_COMPATIBLE:
+        if ip in _IPV4_COMPATIBLE or any(ip in network for network in _NOT_PUBLIC_V6):
             return False
         embedded = ip.sixtofour
         if embedded is None and any(ip in network for network in _NAT64):

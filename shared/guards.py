@@ -8,6 +8,7 @@ exact however many API processes run at once.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import uuid
 from dataclasses import dataclass
@@ -184,6 +185,27 @@ class AuthenticationAttempt:
     member: str
 
 
+def address_bucket(address: str | None) -> str:
+    """The unit a per-address limit counts: an IPv4 address, or an IPv6 address's /64.
+
+    One IPv6 subscriber usually holds a whole /64 (2^64 addresses), so counting
+    full addresses would let one client rotate through them without limit. An
+    IPv4-mapped IPv6 address counts as its IPv4 address; anything unparsable
+    counts as itself (bounded: hashed when long).
+    """
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
+    except ValueError:
+        return address if len(address) <= 64 else "sha256:" + hashlib.sha256(address.encode("utf-8", "replace")).hexdigest()
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class ClientAuthFailureLimiter:
     """At most ``per_client`` failed authentications per client id, and ``per_address`` per source
     address, in any sliding ``window_seconds`` (the token endpoint; OWASP API4).
@@ -191,7 +213,7 @@ class ClientAuthFailureLimiter:
     :meth:`reserve` runs before the secret's scrypt hash is computed, so a flood of
     guesses costs one Redis round trip each, not tens of milliseconds of CPU and
     16 MiB of memory. Client ids are keyed by their SHA-256 (any string a caller
-    sends, bounded in size).
+    sends, bounded in size); addresses by :func:`address_bucket` (IPv6 by /64).
     """
 
     def __init__(self, client: redis.Redis, per_client: int, per_address: int, window_seconds: int) -> None:
@@ -203,7 +225,7 @@ class ClientAuthFailureLimiter:
     def reserve(self, client_id: str, address: str | None, now: datetime) -> AuthenticationAttempt:
         """Count an attempt as a failure until :meth:`forgive`; :class:`TooManyFailedAuthentications` when over."""
         client_key = "pushq:auth-failures:client:" + hashlib.sha256(str(client_id).encode("utf-8", "replace")).hexdigest()
-        address_key = f"pushq:auth-failures:address:{address or 'unknown'}"
+        address_key = f"pushq:auth-failures:address:{address_bucket(address)}"
         attempt = AuthenticationAttempt((client_key, address_key), uuid.uuid4().hex)
         now_ms = int(now.timestamp() * 1000)
         wait_ms = int(self._attempt(

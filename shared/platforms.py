@@ -1,7 +1,8 @@
 """What each push platform accepts, in one place: token shapes and payload size limits.
 
-Registration checks tokens against these shapes, the API refuses data no payload
-could carry, and each adapter fits its payload to its own limit.
+Registration checks tokens against these shapes; the API refuses a send some platform
+it targets could not carry, and each adapter fits its payload to its own limit, both
+through the payload builders of :mod:`shared.vendor_payloads`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,4 @@ FCM_TOKEN = re.compile(r"[A-Za-z0-9_:\-]{32,4096}")
 # header, 1 delimiter byte and a 16-byte tag, which leaves 3993 bytes of plaintext.
 WEBPUSH_MAX_PLAINTEXT_BYTES = 4096 - 86 - 1 - 16
 APNS_MAX_PAYLOAD_BYTES = 4096  # the JSON payload
-FCM_MAX_MESSAGE_BYTES = 4096  # the serialized ``message`` object
-
-# The tightest of the three: what the API checks title, data and url against (they are never cut).
-TIGHTEST_PAYLOAD_BYTES = min(WEBPUSH_MAX_PLAINTEXT_BYTES, APNS_MAX_PAYLOAD_BYTES, FCM_MAX_MESSAGE_BYTES)
+FCM_MAX_MESSAGE_BYTES = 4096  # the serialized ``message`` object without its target (the token)

@@ -9,7 +9,8 @@ so pushq's real FCM client code runs against it unchanged:
   or :meth:`FcmStandin.register_service_account`.
 * ``POST /v1/projects/<project_id>/messages:send`` is FCM's send endpoint.  It
   checks the bearer token, the shape of the message (the parts pushq uses are
-  checked closely, the rest loosely), the 4096-byte size limit, and then answers
+  checked closely, the rest loosely), reserved data keys, the 4096-byte size limit
+  (the message without its target), and then answers
   according to the behaviour configured for the registration token with
   :meth:`FcmStandin.set_behavior`.
 
@@ -61,7 +62,11 @@ FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 MAX_ASSERTION_LIFETIME = 3600  # seconds between iat and exp
 CLOCK_SKEW = 60  # seconds of leeway when checking iat / exp
-MAX_MESSAGE_BYTES = 4096
+MAX_MESSAGE_BYTES = 4096  # the message without its target (token, topic or condition)
+# Data keys FCM keeps for itself: "from", "message_type", or any word starting with "google" or "gcm"
+# (HTTP v1 reference), and the legacy API's "collapse_key".
+_RESERVED_DATA_KEYS = frozenset({"from", "message_type", "collapse_key"})
+_RESERVED_DATA_PREFIXES = ("google", "gcm")
 MAX_TTL_SECONDS = 28 * 24 * 3600
 MAX_BODY_BYTES = 1 << 20  # refuse request bodies larger than this outright
 
@@ -363,7 +368,12 @@ def _check_send_request(body: Any) -> tuple[dict, dict, bool]:
         raise _invalid_field("message.topic", f"Invalid topic name: {message['topic']!r}", fcm=True)
     if "condition" in message and not message["condition"].strip():
         raise _invalid_field("message.condition", "Invalid condition expression", fcm=True)
-    size = len(json.dumps(received, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    for key in message.get("data") or {}:
+        if key in _RESERVED_DATA_KEYS or key.startswith(_RESERVED_DATA_PREFIXES):
+            raise _invalid_field("message.data", f"Invalid data payload key: {key}", fcm=True)
+    # FCM counts what it delivers, not the target (a registration token's length never decides the fit).
+    payload = {name: value for name, value in received.items() if name not in ("token", "topic", "condition")}
+    size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     if size > MAX_MESSAGE_BYTES:
         raise _invalid_field(
             "message",

@@ -28,6 +28,7 @@ from shared.observability.metrics import (
     process_exited,
     release_group_dir,
     retry_reason,
+    serve_metrics,
 )
 from shared.outcomes import Outcome, OutcomeKind
 from workers.celery_app import PLATFORM_QUEUES
@@ -91,17 +92,19 @@ def worker_starting(settings: Settings) -> Path:
 
 
 def worker_ready(settings: Settings) -> None:
-    """worker_ready: serve the host's metrics on PUSHQ_WORKER_METRICS_PORT, when set (hosts without the API)."""
+    """worker_ready: serve the host's metrics on PUSHQ_WORKER_METRICS_HOST:PUSHQ_WORKER_METRICS_PORT, when a
+    port is set (hosts without the API): loopback unless configured otherwise, and behind PUSHQ_METRICS_TOKEN
+    when that is set, like the API's /metrics."""
     if not settings.worker_metrics_port:
         return
-    from prometheus_client import start_http_server
-
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
     try:
-        start_http_server(settings.worker_metrics_port, registry=host_registry(settings))
+        serve_metrics(host_registry(settings), host, port, settings.metrics_token)
     except OSError as exc:  # another worker of this host serves them already
-        log.warning("metrics port %d not opened: %s", settings.worker_metrics_port, exc)
+        log.warning("metrics port %s:%d not opened: %s", host, port, exc)
     else:
-        log.info("serving this host's metrics on port %d", settings.worker_metrics_port)
+        log.info("serving this host's metrics on %s:%d%s", host, port,
+                 " (bearer token required)" if settings.metrics_token else "")
 
 
 def worker_stopping(path: Path | None) -> None:

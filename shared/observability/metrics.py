@@ -22,10 +22,13 @@ from __future__ import annotations
 import atexit
 import bisect
 import glob
+import hmac
 import logging
 import os
 import re
 import shutil
+import socket
+import socketserver
 import sys
 import tempfile
 import threading
@@ -50,13 +53,14 @@ RETRY_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("auth", re.compile(r"\b401\b|ProviderToken|token endpoint", re.I)),
     ("timeout", re.compile(r"timed out|timeout", re.I)),
     ("vendor_error", re.compile(r"\b5\d\d\b|\b408\b|UNAVAILABLE|INTERNAL|ServiceUnavailable|Shutdown", re.I)),
+    ("egress", re.compile(r"^egress refused", re.I)),  # a push service's name resolved to no public address
     ("connection", re.compile(r"connect|connection", re.I)),
     ("client_error", re.compile(r"client error|unexpected error", re.I)),
 )
 
 
 def retry_reason(reason: str | None) -> str:
-    """The label for a retry: throttled, auth, timeout, vendor_error, connection, client_error or other."""
+    """The label for a retry: throttled, auth, timeout, vendor_error, egress, connection, client_error or other."""
     for label, pattern in RETRY_REASONS:
         if reason and pattern.search(reason):
             return label
@@ -265,6 +269,46 @@ def host_registry(settings: Settings, *collectors: Any) -> Any:
     for collector in collectors:
         registry.register(collector)
     return registry
+
+
+def metrics_authorized(authorization: str | None, token: str | None) -> bool:
+    """Whether a scrape may read the metrics: always without PUSHQ_METRICS_TOKEN, else only with
+    ``Authorization: Bearer <token>`` (compared in constant time)."""
+    if not token:
+        return True
+    return hmac.compare_digest((authorization or "").encode("utf-8", "replace"), f"Bearer {token}".encode())
+
+
+def serve_metrics(registry: Any, host: str, port: int, token: str | None) -> Any:
+    """Serve ``registry`` at ``http://host:port/`` (any path) from a daemon thread, honouring ``token``.
+
+    For hosts that run workers without the API (PUSHQ_WORKER_METRICS_PORT). Returns
+    the server (``shutdown()`` stops it); OSError when the port is taken.
+    """
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if not metrics_authorized(environ.get("HTTP_AUTHORIZATION"), token):
+            start_response("401 Unauthorized", [("Content-Type", "application/json"),
+                                                ("WWW-Authenticate", 'Bearer realm="metrics"')])
+            return [b'{"error":"invalid_token","message":"Invalid token"}']
+        return cast(Iterable[bytes], metrics_app(environ, start_response))
+
+    class ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = make_server(host, port, app, server_class=ThreadingServer, handler_class=QuietHandler)
+    threading.Thread(target=server.serve_forever, name="pushq-metrics", daemon=True).start()
+    return server
 
 
 def exposition(registry: Any) -> tuple[bytes, str]:

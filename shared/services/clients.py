@@ -5,7 +5,9 @@ once when the client is created and stored only as a salted scrypt hash
 ``scrypt$N$r$p$salt$hash`` (salt and hash base64url): a leaked database does
 not leak working credentials, and the parameters travel with each hash so they
 can be raised later without breaking stored ones. Checking a secret compares
-in constant time and costs the same whether or not the client exists.
+in constant time; only a live client's secret is hashed (ids are not secrets:
+see :func:`_check_credentials`), and at most PUSHQ_TOKEN_HASH_CONCURRENCY
+hashes run at once per process.
 
 Guessing is throttled: with a :class:`shared.guards.ClientAuthFailureLimiter`,
 failed authentications per client id and per source address are counted in
@@ -17,12 +19,12 @@ tokens, and the tokens it holds stop verifying within a minute
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import logging
 import re
 import secrets
+import threading
 import uuid
 from collections.abc import Iterable
 
@@ -43,6 +45,8 @@ SALT_BYTES, HASH_BYTES = 16, 32
 CLIENT_ID_PREFIX = "pqc_"
 MAX_SECRET_CHARS = 512
 MAX_SCOPES_CHARS = 255  # the column's size
+# How long an authentication waits for a hashing slot before answering 503 (a burst queues briefly).
+HASH_WAIT_SECONDS = 0.5
 
 # RFC 6749 appendix A.1: client_id = *VSCHAR (%x20-7E); the column holds 64. Anything else is no client of
 # ours and never reaches the database (a NUL byte, say, is an error there rather than a miss).
@@ -95,12 +99,6 @@ def verify_secret(secret: str, encoded: str) -> bool:
     return hmac.compare_digest(_scrypt(secret, salt, n, r, p, len(expected)), expected)
 
 
-@functools.cache
-def _dummy_hash() -> str:
-    """Verified against when the client does not exist, so that costs what a real check costs."""
-    return hash_secret(secrets.token_urlsafe(32))
-
-
 def normalize_scopes(scopes: Iterable[str]) -> list[str]:
     """Scope tokens in first-seen order without repeats; ValueError for an empty list or a malformed token."""
     result: list[str] = []
@@ -128,6 +126,12 @@ def create_client(session: Session, app_id: uuid.UUID, scopes: Iterable[str]) ->
     return client_id, secret
 
 
+class HashingBusy(ServiceError):
+    """Every hashing slot of this process stayed busy: answered at once rather than queued without bound."""
+
+    status, code, message = 503, "temporarily_unavailable", "Too many client authentications in progress, try again shortly"
+
+
 def authenticate(
     session: Session,
     client_id: str,
@@ -135,29 +139,56 @@ def authenticate(
     *,
     limiter: ClientAuthFailureLimiter | None = None,
     address: str | None = None,
+    hash_slots: threading.Semaphore | None = None,
 ) -> OAuthClient:
     """The active client with this id and secret; :class:`InvalidClient` otherwise (unknown, wrong secret, revoked).
 
     With ``limiter``, the attempt is counted against ``client_id`` and the source
     ``address`` first (:class:`shared.guards.TooManyFailedAuthentications` when
     either has too many recent failures: no hash is computed then) and forgiven
-    when it succeeds.
+    when it succeeds. With ``hash_slots`` (PUSHQ_TOKEN_HASH_CONCURRENCY per
+    process), at most that many scrypt runs go on at once; an attempt that finds
+    no slot within :data:`HASH_WAIT_SECONDS` gets :class:`HashingBusy` (503) and
+    does not count as a failure.
     """
     attempt = limiter.reserve(client_id, address, utcnow()) if limiter is not None else None
-    client = _check_credentials(session, client_id, secret)
+    try:
+        client = _check_credentials(session, client_id, secret, hash_slots)
+    except HashingBusy:
+        if attempt is not None:
+            limiter.forgive(attempt)  # type: ignore[union-attr]
+        raise
     if attempt is not None:
         limiter.forgive(attempt)  # type: ignore[union-attr]
     return client
 
 
-def _check_credentials(session: Session, client_id: str, secret: str) -> OAuthClient:
-    client = None
-    if isinstance(client_id, str) and _CLIENT_ID.fullmatch(client_id):
-        client = session.get(OAuthClient, client_id)
+def _check_credentials(
+    session: Session, client_id: str, secret: str, hash_slots: threading.Semaphore | None
+) -> OAuthClient:
+    """Only a live client's secret is hashed: an unknown, malformed or revoked id is refused without scrypt.
+
+    That answers an unknown id faster than a known one, so timing tells whether
+    an id exists. Ids are not secrets (144 random bits; every token a client gets
+    names it in ``sub`` and ``client_id``, and logs name it); the secret is what
+    authenticates, and guessing one needs a live id, whose failures the limiter
+    counts. Hashing a dummy for unknown ids would let anyone make the API spend
+    scrypt time for free, which is what the per-address limit alone did not stop.
+    """
     if not isinstance(secret, str) or len(secret) > MAX_SECRET_CHARS:
         raise InvalidClient()
-    matches = verify_secret(secret, client.secret_hash if client is not None else _dummy_hash())
-    if client is None or not matches or client.revoked_at is not None:
+    client = session.get(OAuthClient, client_id) if isinstance(client_id, str) and _CLIENT_ID.fullmatch(client_id) \
+        else None
+    if client is None or client.revoked_at is not None:
+        raise InvalidClient()
+    if hash_slots is not None and not hash_slots.acquire(timeout=HASH_WAIT_SECONDS):
+        raise HashingBusy(headers={"Retry-After": "1"})
+    try:
+        matches = verify_secret(secret, client.secret_hash)
+    finally:
+        if hash_slots is not None:
+            hash_slots.release()
+    if not matches:
         raise InvalidClient()
     return client
 

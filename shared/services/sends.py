@@ -16,18 +16,17 @@ from shared.errors import DataTooLarge, ServiceError, UserNotEnrolled
 from shared.guards import QuotaDecision, QuotaPolicy
 from shared.message import Message, compact_json
 from shared.models import App, Notification, NotificationStatus, utcnow
-from shared.platforms import TIGHTEST_PAYLOAD_BYTES
 from shared.services.enrollments import not_enrolled
+from shared.vendor_payloads import PLATFORMS, refusals
 
-MAX_DATA_BYTES = 4096
-# Title, data and url are never cut, so they must leave room for at least an ellipsis
-# of body within the tightest vendor limit; otherwise no vendor could carry the message.
-MAX_PUSH_PLAINTEXT_BYTES = TIGHTEST_PAYLOAD_BYTES
-_ELLIPSIS_BYTES = len("…".encode())
+MAX_DATA_BYTES = 4096  # the contract's bound on data, whatever the platform
 MAX_TITLE_CHARS = 256
 MAX_BODY_CHARS = 4096
 MAX_RECIPIENTS = 500
 MAX_TTL_SECONDS = 28 * 24 * 3600
+
+# Everything but the recipient and data that a payload is built from (the data is compared by identity).
+_CONTENT = ("title", "body", "url", "ttl", "priority", "collapse_key", "badge", "sound", "platform", "send_at")
 
 Enqueue = Callable[[Sequence[uuid.UUID]], None]
 
@@ -69,25 +68,28 @@ def data_size(data: dict[str, Any]) -> int:
     return len(compact_json(data))
 
 
-def fixed_payload_size(request: SendRequest) -> int:
-    """Bytes of the push payload with an empty body: what no truncation can shrink."""
-    payload: dict[str, Any] = {"title": request.title, "body": "", "data": request.data}
-    if request.url:
-        payload["url"] = request.url
-    return len(compact_json(payload))
+def targets(request: SendRequest) -> tuple[str, ...]:
+    """The platforms a send can reach: its ``platform`` restriction, else every platform."""
+    return (request.platform,) if request.platform else PLATFORMS
 
 
-def check_payload(request: SendRequest) -> None:
-    """Refuse data no vendor could carry: over 4 KB, or too big next to the title for a push payload."""
+def check_payload(request: SendRequest, now: datetime, default_ttl: int) -> None:
+    """Refuse what some targeted platform could not carry, so an accepted send can reach every device.
+
+    The data is bounded by the contract's 4 KB first; then each target's payload
+    is built as its adapter builds it (:mod:`shared.vendor_payloads`) and
+    measured with the body cut as far as the truncation rule goes. A body that
+    is merely long is fine (it is cut with "…" and ``truncated`` flagged); title,
+    data and url are never cut, so a message they alone make too big is refused,
+    naming the platforms and why.
+    """
     size = data_size(request.data)
     if size > MAX_DATA_BYTES:
         raise DataTooLarge(reason=f"data is {size} bytes; at most {MAX_DATA_BYTES}")
-    fixed = fixed_payload_size(request)
-    if fixed + _ELLIPSIS_BYTES > MAX_PUSH_PLAINTEXT_BYTES:
-        raise DataTooLarge(
-            reason=f"title and data take {fixed} bytes of a push payload; Web Push carries at most "
-            f"{MAX_PUSH_PLAINTEXT_BYTES} bytes and the title and data are never cut"
-        )
+    refused = refusals(request.message(now, default_ttl), targets(request), now)
+    if refused:
+        raise DataTooLarge(reason="; ".join(f"{r.platform}: {r.reason}" for r in refused),
+                           platforms=[r.platform for r in refused])
 
 
 class SendAtTooFar(ServiceError):
@@ -124,19 +126,18 @@ def create_notifications(
     enqueued: the scheduler releases it when due (``shared.services.scheduled``).
     It takes from the quota of the day it was accepted, not of its ``send_at``.
     """
-    checked: set[tuple[str, str | None, int]] = set()
+    now = utcnow()
+    checked: set[tuple[Any, ...]] = set()
     for request in requests:
-        # A bulk shares one title, url and data object: encode and measure them once.
-        key = (request.title, request.url, id(request.data))
+        check_send_at(request, now)  # first: a message built from a send_at beyond the maximum may not exist
+        # A bulk shares one content and data object: build and measure its payloads once.
+        key = (*(getattr(request, name) for name in _CONTENT), id(request.data))
         if key not in checked:
-            check_payload(request)
+            check_payload(request, now, default_ttl)
             checked.add(key)
     missing = not_enrolled(session, app_id, [request.user_id for request in requests]) if require_enrollment else []
     if missing:
         raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
-    now = utcnow()
-    for request in requests:
-        check_send_at(request, now)
     decision = None
     if quota is not None:
         # Only the quota column: loading the App would decrypt every credential it holds.

@@ -140,8 +140,11 @@ def test_data_within_4kb_that_no_vendor_can_carry_is_refused_at_the_api(client, 
     """4096 bytes of data meet the contract's 4 KB but cannot fit Web Push's 3993-byte payload
     next to the title; title and data are never cut, so the API refuses it with the reason."""
     response = client.post("/push/send", json=send_body(user, data=sized_data(4096)), headers=tenant.service_headers())
-    body = assert_error(response, 400, "data_too_large", "Data payload too large", "reason")
-    assert "3993" in body["reason"]
+    body = assert_error(response, 400, "data_too_large", "Data payload too large", "reason", "platforms")
+    assert body["platforms"] == ["web", "ios", "android"]
+    assert body["reason"].startswith("web: Web Push carries at most 3993 bytes and this message takes ")
+    assert "; ios: APNs carries at most 4096 bytes" in body["reason"]
+    assert "; android: FCM carries at most 4096 bytes" in body["reason"]
     assert notification_count(session_factory) == 0
 
 
@@ -585,3 +588,120 @@ def test_a_lone_surrogate_is_a_malformed_body_not_a_server_error(client, tenant)
     raw = '{"user_id": "%s", "title": "a\\ud800", "body": "b"}' % user
     response = client.post("/push/send", data=raw, content_type="application/json", headers=tenant.service_headers())
     assert (response.status_code, response.get_json()["error"]) == (400, "malformed_json")
+
+
+# -- numbers and times the parser takes but nothing downstream can hold --------------------------
+
+NOT_FINITE = "Not a finite number: NaN, Infinity and numbers beyond the float range (such as 1e400) are refused."
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+def test_non_finite_numbers_are_400_naming_the_field_on_every_send_endpoint(api, tenant, user, session_factory, number):
+    """Python's JSON parser takes NaN and Infinity and reads 1e400 as infinity; PostgreSQL's JSON refuses them
+    (a 500 before). Over HTTP, on each send endpoint, with the field named as marshmallow names nested fields."""
+    send = json.dumps(send_body(user, data={"ok": 1.5, "k": 0})).replace('"k": 0', f'"k": {number}')
+    cases = {
+        "/push/send": (send, {"data": {"k": [NOT_FINITE]}}),
+        "/push/send/bulk": (json.dumps({"user_ids": [str(user)], "title": "t", "body": "b", "ttl": 0})
+                            .replace('"ttl": 0', f'"ttl": {number}'), {"ttl": [NOT_FINITE]}),
+        "/push/send/batch": ('{"notifications": [%s, %s]}' % (json.dumps(send_body(user)), send),
+                             {"notifications": {"1": {"data": {"k": [NOT_FINITE]}}}}),
+    }
+    for path, (raw, fields) in cases.items():
+        response = api.post(path, content=raw, headers={**tenant.service_headers(), "Content-Type": "application/json"})
+        assert response.status_code == 400, (path, response.text)
+        assert response.json() == {"error": "validation_error", "message": "Invalid request", "fields": fields}, path
+    assert notification_count(session_factory) == 0
+
+
+def test_finite_floats_in_data_are_kept(api, tenant, user):
+    response = api.post("/push/send", json=send_body(user, data={"a": 1e308, "b": -2.5e-300, "c": [0.1]}),
+                        headers=tenant.service_headers())
+    assert response.status_code == 200, response.text
+    stored = api.get(f"/push/notifications/{response.json()['notification_id']}", headers=tenant.service_headers())
+    assert stored.json()["data"] == {"a": 1e308, "b": -2.5e-300, "c": [0.1]}
+
+
+OUT_OF_RANGE = "Out of range: the time in UTC must fall within years 1 to 9999."
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_send_at_without_a_utc_equivalent_is_400(api, tenant, user, session_factory, moment):
+    """In UTC these fall in year 0 or 10000: the conversion overflowed into a 500 before."""
+    patient = uuid.uuid4()
+    mapped = api.put(f"/v1/patients/{patient}/identity", json={"person_id": str(user)}, headers=tenant.service_headers())
+    assert mapped.status_code == 201, mapped.text
+    cases = [
+        ("/push/send", send_body(user, send_at=moment), {"send_at": [OUT_OF_RANGE]}),
+        ("/push/send/bulk", {"user_ids": [str(user)], "title": "t", "body": "b", "send_at": moment},
+         {"send_at": [OUT_OF_RANGE]}),
+        ("/push/send/batch", {"notifications": [send_body(user), send_body(user, send_at=moment)]},
+         {"notifications": {"1": {"send_at": [OUT_OF_RANGE]}}}),
+        ("/v1/push/send", {"patientId": str(patient), "title": "t", "body": "b", "sendAt": moment},
+         {"sendAt": [OUT_OF_RANGE]}),
+    ]
+    for path, body, fields in cases:
+        response = api.post(path, json=body, headers=tenant.service_headers())
+        assert response.status_code == 400, (path, response.text)
+        assert response.json() == {"error": "validation_error", "message": "Invalid request", "fields": fields}, path
+    assert notification_count(session_factory) == 0
+
+
+# -- each targeted platform's real limit, at accept ---------------------------------------------
+
+
+def compact(value) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def test_the_web_push_limit_is_the_plaintext_the_service_worker_reads(api, tenant, user, session_factory):
+    """Title and data are never cut: with the body cut to "…", the Web Push plaintext may be 3993 bytes, not one more."""
+    room = 3993 - compact({"title": "Shift approved", "body": "…", "data": {"k": ""}})
+    at_limit = api.post("/push/send", json=send_body(user, body="b" * 4000, data={"k": "x" * room}),
+                        headers=tenant.service_headers())
+    assert at_limit.status_code == 200, at_limit.text
+    over = api.post("/push/send", json=send_body(user, body="b" * 4000, data={"k": "x" * (room + 1)}),
+                    headers=tenant.service_headers())
+    assert over.status_code == 400, over.text
+    assert over.json() == {
+        "error": "data_too_large", "message": "Data payload too large", "platforms": ["web"],
+        "reason": "web: Web Push carries at most 3993 bytes and this message takes 3994 with its body cut to '…' "
+                  "(title, data and url are never cut)",
+    }
+    assert notification_count(session_factory) == 1
+
+
+def test_data_fcm_cannot_carry_is_refused_naming_android(api, tenant, user, session_factory):
+    """FCM v1 data values are strings: a list of 700 strings (2805 bytes of JSON) is 4209 bytes once each quote
+    is escaped inside its string value. Web Push and APNs could carry it; FCM could not, so nothing is accepted."""
+    data = {"k": ["a"] * 700}
+    for path, body in (("/push/send", send_body(user, data=data)),
+                       ("/push/send/bulk", {"user_ids": [str(user)], "title": "Shift approved", "body": "b", "data": data}),
+                       ("/push/send/batch", {"notifications": [send_body(user), send_body(user, data=data)]})):
+        response = api.post(path, json=body, headers=tenant.service_headers())
+        assert response.status_code == 400, (path, response.text)
+        refused = response.json()
+        assert (refused["error"], refused["message"], refused["platforms"]) == \
+            ("data_too_large", "Data payload too large", ["android"]), path
+        assert refused["reason"].startswith("android: FCM carries at most 4096 bytes and this message takes "), path
+    assert notification_count(session_factory) == 0
+
+
+@pytest.mark.parametrize("key", ["from", "message_type", "collapse_key", "google.c.a.e", "gcm.notification.title"])
+def test_fcm_reserved_data_keys_are_refused(api, tenant, user, session_factory, key):
+    response = api.post("/push/send", json=send_body(user, data={"route": "/x", key: "1"}),
+                        headers=tenant.service_headers())
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "data_too_large", "message": "Data payload too large", "platforms": ["android"],
+        "reason": f"android: FCM reserves the data keys {key} "
+                  "(from, message_type, collapse_key and keys starting with google or gcm)",
+    }
+    assert notification_count(session_factory) == 0
+
+
+def test_a_long_body_alone_is_never_refused(api, tenant, user):
+    """The body is cut to fit each vendor (and `truncated` flagged at delivery): never a reason to refuse."""
+    response = api.post("/push/send", json=send_body(user, title="t" * 256, body="ü" * 4096, data={"k": "v" * 3000}),
+                        headers=tenant.service_headers())
+    assert response.status_code == 200, response.text

@@ -6,20 +6,25 @@ import json
 import logging
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
-from prometheus_client import Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from api.app import create_app
+from api.metrics import QueueCollector
 from shared.db import session_scope
 from shared.logging import JsonFormatter, TextFormatter
 from shared.models import Notification
 from shared.observability.context import accept_request_id, request_ids_context, task_headers, task_request_ids
 from shared.observability.metrics import metrics, observe_many, retry_reason
 from shared.outcomes import Outcome
+from tests.support.builders import add_notification
+from tests.support.harness import LiveServer
 from tests.support.helpers import claimed_delivery
 from workers.metrics import record_chunk
 
@@ -89,6 +94,7 @@ def test_json_lines_are_one_object_each():
     ("APNs ServiceUnavailable (503)", "vendor_error"), ("connection lost", "connection"),
     ("cannot connect to APNs: ConnectionRefusedError: nope", "connection"),
     ("web push client error: KeyError", "client_error"), ("something new", "other"), (None, "other"),
+    ("egress refused at connect: the push service host resolved to no public address", "egress"),
 ])
 def test_retry_reasons_fold_into_few_labels(reason, label):
     assert retry_reason(reason) == label
@@ -196,3 +202,56 @@ def test_each_process_group_gets_an_empty_directory_and_dead_ones_are_dropped(se
     assert list(claimed.iterdir()) == []
     release_group_dir(claimed)
     assert not claimed.exists()
+
+
+def _gauge(body: str, name: str, queue: str) -> float:
+    families = {family.name: family for family in text_string_to_metric_families(body)}
+    (value,) = [s.value for s in families[name].samples if s.labels.get("queue") == queue]
+    return value
+
+
+def test_queue_gauges_are_read_once_per_interval_whatever_the_scrape_rate(settings, database, engine, monkeypatch):
+    """/metrics ran two aggregate queries and opened a broker connection on every scrape: 60 scrapes (8 at a
+    time, over HTTP) now make one reading: 2 statements and 1 broker connection in all."""
+    app = create_app(settings.replace(metrics_refresh_seconds=3600))
+    state = app.extensions["pushq"]
+    statements: list[str] = []
+    app_engine = state.session_factory.kw["bind"]
+    event.listen(app_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    connections: list[int] = []
+    celery = state.dispatcher.celery
+    real_connection_for_read = celery.connection_for_read
+    monkeypatch.setattr(celery, "connection_for_read",
+                        lambda *a, **k: connections.append(1) or real_connection_for_read(*a, **k))
+    server = LiveServer(app).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as http, \
+                ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda _: http.get("/metrics"), range(60)))
+    finally:
+        server.stop()
+    assert {answer.status_code for answer in answers} == {200}
+    assert all("pushq_queue_waiting_items" in answer.text for answer in answers)
+    assert len(statements) == 2, statements
+    assert len(connections) == 1
+
+
+def test_a_reading_is_renewed_once_the_interval_has_passed(settings, engine, session_factory, tenant):
+    now = [1000.0]
+    app = create_app(settings)
+    state = app.extensions["pushq"]
+    collector = QueueCollector(state.dispatcher.celery, state.session_factory, refresh_seconds=10, clock=lambda: now[0])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    def waiting() -> float:
+        return _gauge(generate_latest(registry).decode(), "pushq_queue_waiting_items", "fanout")
+
+    assert waiting() == 0
+    with session_scope(session_factory) as session:
+        add_notification(session, tenant.id, uuid.uuid4(), "queued", age_days=0)
+    now[0] += 9.9
+    assert waiting() == 0  # within the interval: the last reading
+    now[0] += 0.1
+    assert waiting() == 1  # the interval has passed: read again
+    assert collector.refreshes == 2

@@ -15,8 +15,10 @@ import base64
 import json
 import logging
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
@@ -96,41 +98,81 @@ def strict_api(production_api: httpx.Client, engine) -> httpx.Client:
 
 # -- 1. egress rules at registration ---------------------------------------------------------
 
-REFUSED_ENDPOINTS = [
-    "https://127.0.0.1:5432/x",
-    "https://localhost/x",
-    "https://169.254.169.254/latest/meta-data/",
-    "https://[::1]:6379/x",
-    "https://[::ffff:127.0.0.1]/x",
-    "https://0x7f000001/x",
-    "https://2130706433/x",
-    "https://10.0.0.5/x",
-    "https://192.168.1.1/x",
-    "https://user:pw@fcm.googleapis.com/fcm/send/abc",
-    "https://metadata.google.internal/x",
-    "https://evil.example.com/x",
-    "http://fcm.googleapis.com/x",
+# Each rule's own reason (shared/egress.py), so a test says which rule refused, not merely that one did.
+CONTROL = "endpoint contains spaces, control characters or backslashes"
+NON_ASCII = "endpoint contains non-ASCII characters (host names are written in their xn-- form)"
+NOT_A_URL = "endpoint is not a valid URL"
+NOT_HTTPS = "endpoint must be an https URL"
+USERINFO = "endpoint must not contain user information (user:password@)"
+PORT_RANGE = "endpoint port is not a number between 0 and 65535"
+NO_HOST = "endpoint has no host"
+IP_LITERAL = "endpoint host must be a push service's name, not an IP address"
+PORT_443 = "endpoint port must be 443"
+BAD_NAME = "endpoint host is not a valid host name"
+UNKNOWN_HOST = "endpoint host is not a known push service (an operator can add it with PUSHQ_WEBPUSH_EXTRA_HOSTS)"
+
+REFUSED_ENDPOINTS = {
+    "https://127.0.0.1:5432/x": IP_LITERAL,
+    "https://localhost/x": UNKNOWN_HOST,
+    "https://169.254.169.254/latest/meta-data/": IP_LITERAL,
+    "https://[::1]:6379/x": IP_LITERAL,
+    "https://[::ffff:127.0.0.1]/x": IP_LITERAL,
+    "https://0x7f000001/x": IP_LITERAL,
+    "https://2130706433/x": IP_LITERAL,
+    "https://10.0.0.5/x": IP_LITERAL,
+    "https://192.168.1.1/x": IP_LITERAL,
+    "https://user:pw@fcm.googleapis.com/fcm/send/abc": USERINFO,
+    "https://metadata.google.internal/x": UNKNOWN_HOST,
+    "https://evil.example.com/x": UNKNOWN_HOST,
+    "http://fcm.googleapis.com/x": NOT_HTTPS,
+    "ftp://fcm.googleapis.com/x": NOT_HTTPS,
     # more spellings of the same ideas
-    "https://0177.0.0.1/x",
-    "https://127.1/x",
-    "https://fcm.googleapis.com:8443/x",
-    "https://fcm.googleapis.com.evil.example.com/x",
-    "https://evil.example.com\\@fcm.googleapis.com/x",
-    "https://fcm.googleapis.com./x",
-    "https://push.apple.com/x",  # *.push.apple.com means subdomains only
-    "https://push.example.org:444/x",
-    "http://127.0.0.1:8080/x",  # loopback http only with PUSHQ_ALLOW_HTTP_ENDPOINTS
-]
+    "https://0177.0.0.1/x": IP_LITERAL,
+    "https://127.1/x": IP_LITERAL,
+    "https://fcm.googleapis.com:8443/x": PORT_443,
+    "https://fcm.googleapis.com.evil.example.com/x": UNKNOWN_HOST,
+    "https://evil.example.com\\@fcm.googleapis.com/x": CONTROL,
+    "https://fcm.googleapis.com./x": BAD_NAME,
+    "https://push.apple.com/x": UNKNOWN_HOST,  # *.push.apple.com means subdomains only
+    "https://push.example.org:444/x": PORT_443,
+    "http://127.0.0.1:8080/x": NOT_HTTPS,  # loopback http only with PUSHQ_ALLOW_HTTP_ENDPOINTS
+    # ports out of range or odd
+    "https://fcm.googleapis.com:99999/x": PORT_RANGE,
+    "https://fcm.googleapis.com:65536/x": PORT_RANGE,
+    "https://fcm.googleapis.com:-1/x": PORT_RANGE,
+    "https://fcm.googleapis.com:0/x": PORT_443,
+    "https://:443/x": NO_HOST,
+    # control characters and spaces
+    "https://fcm.googleapis.com/fcm/send/a\x01b": CONTROL,
+    "https://fcm.googleapis.com\t/x": CONTROL,
+    "https://fcm.googleapis.com/fcm/send/a b": CONTROL,
+    "https://fcm.googleapis.com/\x7f": CONTROL,
+    # non-ASCII hosts: homoglyphs, full-width forms and characters NFKC folds into URL syntax
+    "https://f\u0441m.googleapis.com/x": NON_ASCII,  # Cyrillic es
+    "https://fcm\u3002googleapis.com/x": NON_ASCII,  # ideographic full stop
+    "https://fcm.googleapis.com:\uff14\uff14\uff13/x": NON_ASCII,  # full-width 443
+    "https://fcm.googleapis.com\u2100/x": NON_ASCII,  # "a/c" under NFKC: urlsplit raised (a 500)
+    "https://fcm.googleapis.c\u00f6m/x": NON_ASCII,
+    "https://xn--fcm-xxa.googleapis.com/x": UNKNOWN_HOST,  # the ASCII form is judged as a name
+    "https://[::1/x": NOT_A_URL,  # urlsplit raised (a 500)
+}
 
 
-@pytest.mark.parametrize("endpoint", REFUSED_ENDPOINTS)
+@pytest.mark.parametrize(("endpoint", "reason"), REFUSED_ENDPOINTS.items(), ids=list(map(ascii, REFUSED_ENDPOINTS)))
 def test_endpoints_outside_the_push_services_are_refused_at_registration(
-    strict_api, tenant, user, push_service, session_factory, endpoint
+    strict_api, tenant, user, push_service, session_factory, endpoint, reason
 ):
-    reason = assert_refused_endpoint(register(strict_api, tenant, user, "web", subscription(push_service, endpoint)))
-    assert "endpoint" in reason
+    assert assert_refused_endpoint(register(strict_api, tenant, user, "web", subscription(push_service, endpoint))) \
+        == reason
     with session_factory() as session:
         assert session.query(Device).count() == 0
+
+
+def test_every_rule_has_its_own_reason():
+    assert len({CONTROL, NON_ASCII, NOT_A_URL, NOT_HTTPS, USERINFO, PORT_RANGE, NO_HOST, IP_LITERAL, PORT_443, BAD_NAME,
+                UNKNOWN_HOST}) == 11
+    assert set(REFUSED_ENDPOINTS.values()) == {CONTROL, NON_ASCII, NOT_A_URL, NOT_HTTPS, USERINFO, PORT_RANGE, NO_HOST,
+                                               IP_LITERAL, PORT_443, BAD_NAME, UNKNOWN_HOST}
 
 
 ACCEPTED_ENDPOINTS = [
@@ -156,8 +198,9 @@ def test_development_setting_allows_http_to_loopback_only(api, tenant, user, pus
     assert register(api, tenant, user, "web", json.dumps(push_service.new_subscription())).status_code == 201
     for endpoint in ("http://[::1]:6379/x", "http://localhost:1/x"):
         assert register(api, tenant, user, "web", subscription(push_service, endpoint)).status_code == 201
-    for endpoint in ("http://10.0.0.5/x", "http://evil.example.com/x", "https://127.0.0.1/x"):
-        assert_refused_endpoint(register(api, tenant, user, "web", subscription(push_service, endpoint)))
+    for endpoint, reason in (("http://10.0.0.5/x", NOT_HTTPS), ("http://evil.example.com/x", NOT_HTTPS),
+                             ("https://127.0.0.1/x", IP_LITERAL)):
+        assert assert_refused_endpoint(register(api, tenant, user, "web", subscription(push_service, endpoint))) == reason
 
 
 def test_extra_hosts_must_be_host_names():
@@ -184,6 +227,13 @@ def test_check_push_endpoint_gives_a_reason():
         ("::1", False), ("fe80::1", False), ("fc00::1", False), ("ff02::1", False),
         ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.5", False), ("::7f00:1", False),
         ("2002:7f00:1::", False), ("64:ff9b::7f00:1", False), ("not an address", False),
+        # site-local fec0::/10 (Python's is_global says True), Teredo, documentation, SRv6, discard
+        ("fec0::1", False), ("feff::1", False), ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False), ("2001::1", False),
+        ("2001:db8::1", False), ("3fff::1", False), ("5f00::1", False), ("100::1", False),
+        # IPv4 inside IPv6: IPv4-compatible, 6to4 and NAT64 of private v4 refused; of public v4, public
+        ("::a00:5", False), ("::808:808", False), ("2002:a00:5::1", False), ("64:ff9b::a00:5", False),
+        ("64:ff9b:1::a00:5", False), ("2002:808:808::1", True), ("64:ff9b::808:808", True),
+        ("2001:4860:4860::8888", True),
     ],
 )
 def test_is_public_address(address, public):
@@ -312,8 +362,7 @@ def test_a_device_moves_to_another_user_only_with_its_token_and_never_across_app
 
 @pytest.fixture
 def scrypt_calls(monkeypatch) -> list[int]:
-    """Counts the scrypt hashes computed while verifying secrets (the dummy hash is computed beforehand)."""
-    clients._dummy_hash()
+    """Counts the scrypt hashes computed while verifying secrets."""
     calls: list[int] = []
     real = clients._scrypt
 
@@ -357,10 +406,79 @@ def test_guessing_across_client_ids_is_throttled_per_address(client, settings, t
                             environ_base=attacker).status_code for n in range(60)]
     limit = settings.token_failures_per_address
     assert statuses == [401] * limit + [429] * (60 - limit)
-    assert len(scrypt_calls) == limit
+    assert scrypt_calls == []  # unknown client ids are refused without hashing anything
     client_id, secret = new_client(session_factory, tenant.id)
     assert client.post("/oauth/token", data=GRANT, headers=basic(client_id, secret),
                        environ_base={"REMOTE_ADDR": "198.51.100.1"}).status_code == 200  # other addresses unaffected
+
+
+def test_an_ipv6_slash_64_is_one_address(client, settings, tenant, session_factory):
+    """One subscriber holds a whole /64: rotating through its addresses must not reset the per-address window."""
+    limit = settings.token_failures_per_address
+    statuses = [client.post("/oauth/token", data=GRANT, headers=basic(f"pqc_guess{n}", "x"),
+                            environ_base={"REMOTE_ADDR": f"2001:db8:1:2:{n:x}::{n + 1:x}"}).status_code
+                for n in range(limit + 5)]
+    assert statuses == [401] * limit + [429] * 5
+    mapped = client.post("/oauth/token", data=GRANT, headers=basic("pqc_guess", "x"),
+                         environ_base={"REMOTE_ADDR": "2001:db8:1:2::ffff"})
+    assert mapped.status_code == 429
+    client_id, secret = new_client(session_factory, tenant.id)
+    for neighbour in ("2001:db8:1:3::1", "203.0.113.9"):  # the next /64, and IPv4, are other addresses
+        assert client.post("/oauth/token", data=GRANT, headers=basic(client_id, secret),
+                           environ_base={"REMOTE_ADDR": neighbour}).status_code == 200
+
+
+def test_unknown_malformed_and_revoked_client_ids_cost_no_hash(client, tenant, session_factory, scrypt_calls):
+    client_id, secret = new_client(session_factory, tenant.id)
+    with session_scope(session_factory) as session:
+        clients.revoke_client(session, client_id)
+    scrypt_calls.clear()
+    for candidate in ("pqc_" + secrets.token_urlsafe(18), "not\x00printable", "x" * 65, client_id):
+        refused = client.post("/oauth/token", data={**GRANT, "client_id": candidate, "client_secret": secret})
+        assert (refused.status_code, refused.get_json()["error"]) == (401, "invalid_client"), candidate
+    assert scrypt_calls == []
+    live_id, live_secret = new_client(session_factory, tenant.id)
+    scrypt_calls.clear()
+    assert client.post("/oauth/token", data=GRANT, headers=basic(live_id, "wrong")).status_code == 401
+    assert client.post("/oauth/token", data=GRANT, headers=basic(live_id, live_secret)).status_code == 200
+    assert len(scrypt_calls) == 2  # a live client's secret is always hashed, right or wrong
+
+
+def test_hashing_is_bounded_per_process(settings, database, engine, tenant, session_factory, monkeypatch):
+    """PUSHQ_TOKEN_HASH_CONCURRENCY=1, over HTTP: while one secret is being hashed, another authentication finds
+    no slot and is answered 503 at once (not queued without bound, not counted as a failure); then it succeeds."""
+    entered, release = threading.Event(), threading.Event()
+    real = clients._scrypt
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(timeout=30)
+        return real(*args, **kwargs)
+
+    first_id, first_secret = new_client(session_factory, tenant.id)
+    second_id, second_secret = new_client(session_factory, tenant.id)
+    server = LiveServer(create_app(settings.replace(token_hash_concurrency=1))).start()
+    monkeypatch.setattr(clients, "_scrypt", held)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as http, \
+                ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(http.post, "/oauth/token", data=GRANT, headers=basic(first_id, first_secret))
+            assert entered.wait(timeout=10)
+            busy = http.post("/oauth/token", data=GRANT, headers=basic(second_id, second_secret))
+            assert busy.status_code == 503, busy.text
+            assert busy.json() == {"error": "temporarily_unavailable",
+                                   "message": "Too many client authentications in progress, try again shortly"}
+            assert (busy.headers["Retry-After"], busy.headers["Cache-Control"]) == ("1", "no-store")
+            release.set()
+            assert first.result(timeout=30).status_code == 200
+            monkeypatch.setattr(clients, "_scrypt", real)
+            limit = settings.token_failures_per_client  # the 503 left nothing in the client's failure window
+            statuses = [http.post("/oauth/token", data=GRANT, headers=basic(second_id, "wrong")).status_code
+                        for _ in range(limit + 1)]
+            assert statuses == [401] * limit + [429]
+    finally:
+        release.set()
+        server.stop()
 
 
 def test_successful_authentications_do_not_count(client, settings, tenant, session_factory):

@@ -59,34 +59,6 @@ TEST_ENV = {
 }
 
 
-def own_database(suffix: str) -> str:
-    """A database next to the test database (created once, migrated afresh), for a test's own worker.
-
-    The session worker sweeps and releases work in the test database; a test that
-    must see what only its own worker does (with other settings) uses this one.
-    """
-    from sqlalchemy.engine import make_url
-
-    from shared.db import make_engine
-    from shared.schema import migrate
-
-    url = make_url(TEST_DATABASE_URL)
-    name = f"{url.database}_{suffix}"
-    admin = make_engine(url.set(database="postgres").render_as_string(hide_password=False))
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar() is None:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    own = url.set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(own)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    migrate(own)
-    return own
-
-
 def truncate_all(engine, attempts: int = 10) -> None:
     """Empty every table. The worker may still be finishing the previous test's tasks
     (or the scheduler sweeping), so a deadlock with it is retried rather than failed."""
@@ -101,6 +73,38 @@ def truncate_all(engine, attempts: int = 10) -> None:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2)
+
+
+def own_database(suffix: str) -> str:
+    """A database next to the test database (``<name>_<suffix>``), migrated afresh; its URL.
+
+    For a test whose own worker must be alone with its rows: the session's worker
+    shares the test database, and its scheduler sweeps and retries whatever it finds there.
+    """
+    from sqlalchemy.engine import make_url
+
+    from shared.db import make_engine
+    from shared.schema import migrate
+
+    url = make_url(TEST_DATABASE_URL)
+    name = f"{url.database}_{suffix}"
+    admin = make_engine(url.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            if connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar() is None:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    own = url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(own)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+    migrate(own)
+    return own
 
 
 class LiveServer:

@@ -20,6 +20,7 @@ import pytest
 
 from shared.delivery import ClaimedDelivery
 from shared.outcomes import MAX_RETRY_AFTER_SECONDS, Outcome, OutcomeKind
+from shared.vendor_payloads import fcm_payload
 from standins.fcm import FcmStandin
 from tests.support.helpers import claimed_delivery
 from workers.adapters.base import AppCredentials
@@ -36,6 +37,11 @@ def device_token() -> str:
 
 def serialized_size(message: dict) -> int:
     return len(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def counted_size(message: dict) -> int:
+    """What FCM counts against its 4096 bytes: the message without its target (the token)."""
+    return serialized_size({key: value for key, value in message.items() if key != "token"})
 
 
 # --------------------------------------------------------------------------
@@ -415,8 +421,21 @@ def test_oversize_body_is_truncated_to_fit(adapter, fcm, app, character):
     body = recorded.message["notification"]["body"]
     assert body.endswith("…")
     assert body.startswith(character * 100)
-    assert serialized_size(recorded.message) <= 4096
+    assert counted_size(recorded.message) <= 4096
     assert recorded.message["data"] == {"k": "v"}
+
+
+def test_the_token_does_not_count_against_the_limit(adapter, fcm, app):
+    """A body that fits next to title and options is sent whole, however long the registration token is."""
+    token = device_token() + "x" * 400
+    probe = delivery(token, body="")
+    room = 4096 - len(fcm_payload(probe.message, NOW))
+    d = delivery(token, body="b" * room)
+    outcome = send_one(adapter, app, d)
+    assert outcome.kind is OutcomeKind.SENT and not outcome.truncated, outcome
+    [recorded] = fcm.messages(token)
+    assert recorded.message["notification"]["body"] == "b" * room
+    assert counted_size(recorded.message) == 4096 < serialized_size(recorded.message)
 
 
 def test_body_that_just_fits_is_not_truncated(adapter, fcm, app):

@@ -1,8 +1,9 @@
 """Apple Push Notification service (APNs): deliveries to requests, answers to outcomes.
 
 The request: the ``aps`` payload (alert, badge, sound) plus ``data`` and ``url``
-for the app, fitted to 4096 bytes, with ``apns-expiration`` (the TTL left at this
-push), ``apns-priority`` 10/5, ``apns-collapse-id`` and ``apns-push-type: alert``.
+for the app, fitted to 4096 bytes (built by :mod:`shared.vendor_payloads`, as the
+API measured it at accept), with ``apns-expiration`` (the TTL left at this push),
+``apns-priority`` 10/5, ``apns-collapse-id`` and ``apns-push-type: alert``.
 The answer: :func:`outcome_for`. How requests travel (aioapns' HTTP/2 pool, the
 provider token, the event loop, pushq's fixes to aioapns) is the wire client's
 business: :mod:`workers.vendors.apns_client`.
@@ -13,16 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
 from aioapns import PushType
 
 from shared.delivery import ClaimedDelivery
-from shared.message import Message, compact_json
 from shared.models import utcnow
 from shared.outcomes import Outcome
-from shared.payloads import PayloadTooLarge, fit_body
+from shared.payloads import PayloadTooLarge
 from shared.platforms import APNS_MAX_PAYLOAD_BYTES, APNS_TOKEN
+from shared.vendor_payloads import IOS, fit
 from workers.adapters.base import (
     AppCredentials,
     ChunkInterrupted,
@@ -37,23 +37,6 @@ MAX_PAYLOAD_BYTES = APNS_MAX_PAYLOAD_BYTES
 PRIORITY_HIGH = 10
 PRIORITY_NORMAL = 5
 MAX_REASON_CHARS = 200  # APNs reasons are short identifiers ("BadDeviceToken")
-
-encode_payload = compact_json  # the exact bytes sent to APNs: compact UTF-8 JSON
-
-
-def apns_message(content: Message, body: str | None = None) -> dict[str, Any]:
-    """The APNs payload: ``aps`` for the system, ``data`` and ``url`` for the app."""
-    aps: dict[str, Any] = {"alert": {"title": content.title, "body": content.body if body is None else body}}
-    if content.badge is not None:
-        aps["badge"] = content.badge
-    if content.sound is not None:
-        aps["sound"] = content.sound
-    message: dict[str, Any] = {"aps": aps}
-    if content.data:
-        message["data"] = content.data
-    if content.url:
-        message["url"] = content.url
-    return message
 
 
 def outcome_for(answer: ApnsAnswer | ApnsFailure, *, sandbox: bool, truncated: bool = False) -> Outcome:
@@ -153,9 +136,7 @@ class ApnsAdapter:
             return Outcome.dead_token("BadDeviceToken (not a hex APNs device token)")
         content = delivery.message
         try:
-            payload, truncated = fit_body(
-                lambda body: encode_payload(apns_message(content, body)), content.body, MAX_PAYLOAD_BYTES
-            )
+            payload, truncated = fit(IOS, content)  # as the API measured it at accept
         except PayloadTooLarge as exc:
             return Outcome.rejected(f"payload too large for APNs: {exc}")
         except (TypeError, ValueError) as exc:

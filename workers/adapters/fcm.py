@@ -42,12 +42,13 @@ import google.auth.transport.requests
 import requests
 from google.oauth2 import service_account
 
+from shared import vendor_payloads
 from shared.delivery import ClaimedDelivery
-from shared.message import compact_json
 from shared.models import utcnow
 from shared.outcomes import Outcome
-from shared.payloads import PayloadTooLarge, fit_body
+from shared.payloads import PayloadTooLarge
 from shared.platforms import FCM_MAX_MESSAGE_BYTES
+from shared.vendor_payloads import fcm_with_token
 from workers.adapters.base import (
     AppCredentials,
     ChunkInterrupted,
@@ -61,8 +62,8 @@ from workers.vendors.loop import LoopThread
 log = logging.getLogger(__name__)
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-MAX_MESSAGE_BYTES = FCM_MAX_MESSAGE_BYTES  # the serialized ``message`` object
-MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's android.ttl range is 0-28 days
+MAX_MESSAGE_BYTES = FCM_MAX_MESSAGE_BYTES  # the serialized ``message`` object, its target left out
+MAX_TTL_SECONDS = vendor_payloads.FCM_MAX_TTL_SECONDS  # FCM's android.ttl range is 0-28 days
 QUOTA_RETRY_FLOOR_SECONDS = 60.0  # Google: back off at least a minute on QUOTA_EXCEEDED
 MAX_REASON_CHARS = 300
 MAX_NAME_CHARS = 512  # "projects/<project>/messages/<id>"
@@ -70,65 +71,25 @@ MAX_ANSWER_BYTES = 64 * 1024
 
 
 def fcm_data(delivery: ClaimedDelivery) -> dict[str, str]:
-    """The message's ``data`` map: FCM only accepts string values.
-
-    String values are kept as they are; every other value (numbers, booleans,
-    null, lists, objects) is JSON-encoded, so ``1`` arrives as ``"1"``, ``True``
-    as ``"true"``, ``None`` as ``"null"`` and ``{"a": [1]}`` as ``'{"a":[1]}'``;
-    the app decodes them with a JSON parser. Keys are made strings. When the
-    notification has a ``url`` it is added as ``data["url"]`` (replacing a
-    ``url`` key in the data).
-    """
-    message = delivery.message
-    data = {
-        str(key): value if isinstance(value, str) else compact_json(value).decode("utf-8")
-        for key, value in (message.data or {}).items()
-    }
-    if message.url:
-        data["url"] = message.url
-    return data
+    """The delivery's ``data`` map as FCM receives it (string values): :func:`shared.vendor_payloads.fcm_data`."""
+    return vendor_payloads.fcm_data(delivery.message)
 
 
 def fcm_message(delivery: ClaimedDelivery, now: datetime) -> dict[str, Any]:
     """The HTTP v1 ``message`` object for one delivery (body as in the notification)."""
-    content = delivery.message
-    android: dict[str, Any] = {
-        "ttl": f"{min(content.remaining_ttl(now), MAX_TTL_SECONDS)}s",
-        "priority": "HIGH" if content.priority == "high" else "NORMAL",
-    }
-    if content.collapse_key:
-        android["collapse_key"] = content.collapse_key
-    android_notification: dict[str, Any] = {}
-    if content.sound:
-        android_notification["sound"] = content.sound
-    if content.badge is not None:
-        android_notification["notification_count"] = content.badge
-    if android_notification:
-        android["notification"] = android_notification
-    message: dict[str, Any] = {
-        "token": delivery.token,
-        "notification": {"title": content.title, "body": content.body},
-        "android": android,
-    }
-    data = fcm_data(delivery)
-    if data:
-        message["data"] = data
-    return message
+    result: dict[str, Any] = json.loads(fcm_with_token(vendor_payloads.fcm_payload(delivery.message, now), delivery.token))
+    return result
 
 
 def fit_message(delivery: ClaimedDelivery, now: datetime) -> tuple[bytes, bool]:
-    """The serialized ``message`` within 4096 bytes, the body shortened if needed.
+    """The serialized ``message``, its payload (all but the token) within 4096 bytes, the body shortened if needed.
 
-    Returns (bytes, truncated); raises PayloadTooLarge if even an empty body
-    does not fit.
+    The payload is measured as the API measured it at accept
+    (:func:`shared.vendor_payloads.fit`); FCM does not count the target. Returns
+    (bytes, truncated); raises PayloadTooLarge if even an empty body does not fit.
     """
-    message = fcm_message(delivery, now)
-
-    def build(body: str) -> bytes:
-        message["notification"]["body"] = body
-        return compact_json(message)
-
-    return fit_body(build, delivery.message.body, MAX_MESSAGE_BYTES)
+    payload, truncated = vendor_payloads.fit(vendor_payloads.ANDROID, delivery.message, now)
+    return fcm_with_token(payload, delivery.token), truncated
 
 
 def _shorten(text: str) -> str:

@@ -29,11 +29,11 @@ from py_vapid import Vapid
 
 from shared.delivery import ClaimedDelivery
 from shared.egress import EndpointRefused, check_push_endpoint, is_public_address
-from shared.message import Message, compact_json
 from shared.models import utcnow
 from shared.outcomes import Outcome
-from shared.payloads import PayloadTooLarge, fit_body
+from shared.payloads import PayloadTooLarge
 from shared.platforms import WEBPUSH_MAX_PLAINTEXT_BYTES
+from shared.vendor_payloads import WEB, fit
 from workers.adapters.base import (
     AppCredentials,
     ChunkInterrupted,
@@ -51,11 +51,6 @@ VAPID_LIFETIME_SECONDS = 12 * 3600
 VAPID_RENEW_BEFORE_SECONDS = 3600
 MAX_ANSWER_BYTES = 16 * 1024  # push services answer with empty or tiny bodies
 MAX_MESSAGE_ID_CHARS = 512
-
-
-def webpush_payload(message: Message, body: str | None = None) -> bytes:
-    """The JSON a service worker receives in its push event (``url`` to open on click)."""
-    return compact_json(message.payload(body))
 
 
 def _b64decode(value: str) -> bytes:
@@ -88,6 +83,9 @@ class VapidHeaders:
         return header
 
 
+EGRESS_REFUSED_AT_CONNECT = "egress refused at connect: the push service host resolved to no public address"
+
+
 class NonPublicAddress(OSError):
     """A push service's host name resolved to no address pushq may connect to."""
 
@@ -98,7 +96,9 @@ class PublicAddressResolver(AbstractResolver):
     The connection then goes to an address that was checked (TLS still verifies
     the host name), so a DNS answer pointing an allowed push-service name at
     loopback, a private network or the metadata service (DNS rebinding) cannot
-    reach inside. ``allow_loopback`` is for development only
+    reach inside. Such a push is a retry, never a dead device: the endpoint
+    passed the rules, and a resolver fault must not disable a push service's
+    every device. ``allow_loopback`` is for development only
     (``PUSHQ_ALLOW_HTTP_ENDPOINTS``, the local stand-in push service).
     """
 
@@ -238,7 +238,7 @@ class WebPushAdapter:
     async def _send(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
         message = delivery.message
         try:
-            payload, truncated = fit_body(lambda body: webpush_payload(message, body), message.body, MAX_PLAINTEXT_BYTES)
+            payload, truncated = fit(WEB, message)  # as the API measured it at accept
         except PayloadTooLarge as exc:
             return Outcome.rejected(f"payload too large for Web Push: {exc}")
         try:
@@ -282,7 +282,9 @@ class WebPushAdapter:
             return Outcome.retry("push service timed out")
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, NonPublicAddress):
-                return Outcome.rejected("push service host resolves to no public address", disable_device=True)
+                # The name passed the egress rules; only today's DNS answer points inside. One resolver fault
+                # must not disable every device of a push service: try again later (counted as an egress retry).
+                return Outcome.retry(EGRESS_REFUSED_AT_CONNECT)
             return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
         except aiohttp.ClientError as exc:
             return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")

@@ -365,11 +365,19 @@ def test_size_error_says_so(standin, bearer, http):
     assert "size" in err["message"] or "too big" in err["message"]
 
 
-def test_size_limit_is_on_the_serialized_message(standin, bearer, http):
-    base = {"token": DEVICE, "data": {"blob": ""}}
+def test_size_limit_is_on_the_serialized_message_without_its_target(standin, bearer, http):
+    base = {"data": {"blob": ""}}
     room = 4096 - len(json.dumps(base, separators=(",", ":")).encode())
-    assert send(http, standin, bearer, {"token": DEVICE, "data": {"blob": "x" * room}}).status_code == 200
-    assert send(http, standin, bearer, {"token": DEVICE, "data": {"blob": "x" * (room + 1)}}).status_code == 400
+    for token in (DEVICE, DEVICE + "y" * 300):  # the token's length does not count
+        assert send(http, standin, bearer, {"token": token, "data": {"blob": "x" * room}}).status_code == 200
+        assert send(http, standin, bearer, {"token": token, "data": {"blob": "x" * (room + 1)}}).status_code == 400
+
+
+@pytest.mark.parametrize("key", ["from", "message_type", "collapse_key", "google.c.a.e", "gcm.n.e"])
+def test_reserved_data_keys_are_refused(standin, bearer, http, key):
+    resp = send(http, standin, bearer, {"token": DEVICE, "data": {key: "1"}})
+    assert_google_error(resp, 400, "INVALID_ARGUMENT")
+    assert f"Invalid data payload key: {key}" in resp.text
 
 
 def test_unknown_request_field_and_bad_json_are_400(standin, bearer, http):
