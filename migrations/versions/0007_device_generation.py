@@ -4,7 +4,7 @@
 re-enabled after being disabled; ``deliveries.device_generation`` keeps the value
 the fan-out saw, and the claim closes a delivery whose device has moved on.
 
-Revision ID: 0007_h1
+Revision ID: 0007
 Revises: 0006
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_h1"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
