@@ -106,7 +106,7 @@ def test_ctrl_c_stops_every_process_of_pushq_run_twenty_times_in_a_row(tmp_path:
                 assert service.wait(timeout=60) == 0, log_path.read_text()[-3000:]
                 left = wait_for(lambda: not _running(started | {service.pid}, tmp_path) or None, timeout=5,
                                 what="every process to be gone",
-                                detail=lambda: "\n".join(_running(started, tmp_path)) + log_path.read_text()[-3000:])
+                                detail=lambda: "\n".join([*_running(started, tmp_path), log_path.read_text()[-3000:]]))
                 assert left
             finally:
                 if service.poll() is None:
