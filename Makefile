@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgresql+psycopg2://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: run test test-fast install demo migrate bench lint lock clean help fault
+.PHONY: run test test-fast install demo migrate bench lint lock clean help fault provision
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +20,9 @@ $(STAMP): setup.cfg pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+provision:  ## What `make test` provisions: services started if down, missing Debian packages installed (scripts/provision)
+	scripts/provision
 
 install: $(STAMP)  ## Create .venv and install pushq with its test and dev tools, at the locked versions
 
@@ -34,13 +37,17 @@ lint: $(STAMP)  ## ruff (a broad rule set, pyproject.toml) and mypy (strict on s
 run: $(STAMP)  ## Start API + worker + scheduler (embedded Redis and SQLite unless configured)
 	$(BIN)/pushq run
 
-test: $(STAMP)  ## The whole suite (unit, integration, e2e, fault) against real PostgreSQL/Redis/Celery
+# scripts/provision first: starts PostgreSQL/Redis/RabbitMQ if they are down, creates the test database,
+# apt-installs chromium, rabbitmq-server and pgbouncer if missing (silent when all is there).
+test: $(STAMP)  ## The whole suite (unit, integration, e2e, fault); provisions the services and packages it needs first
+	scripts/provision
 	$(BIN)/pytest
 
 test-fast: $(STAMP)  ## The unit tier only: no PostgreSQL, Redis or workers, in seconds
 	$(BIN)/pytest -m unit -q
 
 fault: $(STAMP)  ## Only the fault suite (worker kills, broker/database restarts, bad vendors; part of `make test`)
+	scripts/provision
 	$(BIN)/pytest -m fault
 
 demo: $(STAMP)  ## With `make run` running: send one notification end to end and print it decrypted

@@ -900,6 +900,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    # Ctrl-C stops it even when started with SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print(f"APNs stand-in listening on https://{standin.host}:{standin.port} (HTTP/2)", flush=True)
         print(f"CA certificate to trust: {standin.certificate.ca_path}", flush=True)

@@ -1014,6 +1014,8 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(info, f, indent=2)
             print(f"wrote service account {info['client_email']} to {args.write_service_account}", flush=True)
         print(f"FCM stand-in listening on {standin.base_url} (token_uri {standin.token_uri})", flush=True)
+        # Ctrl-C stops it even when started with SIGINT ignored (a background job of a non-interactive shell).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             while not stop.wait(0.5):
                 pass

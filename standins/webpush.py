@@ -39,6 +39,7 @@ import json
 import logging
 import re
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -865,6 +866,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     standin = WebPushStandin(args.host, args.port).start()
     log.info("web push stand-in listening on %s (Ctrl-C to stop)", standin.base_url)
+    # Ctrl-C stops it even when started with SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)

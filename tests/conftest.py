@@ -27,7 +27,17 @@ from shared.schema import migrate
 from standins.apns import ApnsStandin
 from standins.fcm import FcmStandin
 from standins.webpush import WebPushStandin
-from tests.support.harness import ROOT, TEST_ENV, LiveServer, Tenant, start_worker, truncate_all
+from tests.support.harness import (
+    ROOT,
+    TEST_ENV,
+    LiveServer,
+    OwnServices,
+    Tenant,
+    own_database_scope,
+    own_redis,
+    start_worker,
+    truncate_all,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -179,6 +189,18 @@ def push_service(webpush_service: WebPushStandin) -> WebPushStandin:
 
 
 @pytest.fixture
+def own_services(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServices]:
+    """A database and a Redis server of the test's own, for a test that runs workers of its own: the
+    session worker never sees their rows or tasks, and no test depends on another's timing."""
+    with own_database_scope("own") as database_url, own_redis(tmp_path_factory.mktemp("own-redis")) as redis_url:
+        services = OwnServices(settings, database_url, redis_url)
+        try:
+            yield services
+        finally:
+            services.engine.dispose()
+
+
+@pytest.fixture
 def tenant(settings: Settings, session_factory) -> Tenant:
     return Tenant(settings, session_factory)
 
@@ -194,7 +216,7 @@ def other_tenant(settings: Settings, session_factory) -> Tenant:
 # stand-ins. The marker comes from the directory; `make test-fast` runs `-m unit`.
 TIERS = ("unit", "integration", "e2e")
 SERVICE_FIXTURES = {"database", "engine", "session_factory", "redis_client", "flask_app", "client", "live_server",
-                    "api", "worker", "worker_process", "tenant", "other_tenant"}
+                    "api", "worker", "worker_process", "tenant", "other_tenant", "own_services"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -218,5 +218,6 @@ def housekeep(self: Task) -> None:
         max_batches=s.housekeeping_max_batches,
     )
     report = housekeeping.run(rt.session_factory, utcnow(), policy)
-    log.info("housekeeping: %d notifications deleted, %d devices disabled, %d revoked clients deleted",
+    did_something = report.notifications_deleted or report.devices_disabled or report.clients_deleted
+    log.log(logging.INFO if did_something else logging.DEBUG, "housekeeping: %d notifications deleted, %d devices disabled, %d revoked clients deleted",
              report.notifications_deleted, report.devices_disabled, report.clients_deleted)

@@ -8,14 +8,13 @@ import signal
 import uuid
 
 import httpx
-import redis
 from sqlalchemy import select, text
 
 from api.app import create_app
 from shared.db import run_in_transaction
 from shared.models import Delivery, Notification
 from tests.support.flows import final_notification, register_web
-from tests.support.harness import TEST_ENV, LiveServer, start_worker
+from tests.support.harness import LiveServer, start_worker
 from tests.support.helpers import wait_for
 
 
@@ -53,26 +52,28 @@ def test_without_redis_the_api_refuses_with_503_rather_than_guess_the_quota(sett
     assert response.headers["Retry-After"] == "5"
 
 
-def test_a_worker_sigkilled_mid_push_loses_nothing(settings, tenant, push_service, session_factory, engine, tmp_path):
+def test_a_worker_sigkilled_mid_push_loses_nothing(own_services, push_service, tmp_path):
     """Kill -9 the whole worker while it waits on the push service; a new worker finishes the delivery.
 
     The claim's lease (4 s here) runs out, the scheduler's sweep makes the delivery
-    due again, and the new worker pushes it: at least once, never lost.
+    due again, and the new worker pushes it: at least once, never lost. The workers have
+    a database and a Redis of their own, so the suite's worker cannot be the one that
+    finishes the delivery (its sweep would find the expired lease too).
     """
-    crash_redis = os.environ.get("TEST_CRASH_REDIS_URL", "redis://127.0.0.1:6379/9")
-    redis.Redis.from_url(crash_redis).flushdb()
-    env = {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore", "REDIS_URL": crash_redis,
-           # A short lease, still longer than a chunk's hard time limit (2 x 1 s push deadline + 1 s).
-           "PUSHQ_CLAIM_LEASE_SECONDS": "4", "PUSHQ_PUSH_DEADLINE_SECONDS": "1", "PUSHQ_DELIVERY_CHUNK_SIZE": "1",
-           "PUSHQ_PUSH_CONCURRENCY": "1"}
+    # A short lease, still longer than a chunk's hard time limit (2 x 1 s push deadline + 1 s).
+    env = own_services.env(PUSHQ_CLAIM_LEASE_SECONDS="4", PUSHQ_PUSH_DEADLINE_SECONDS="1",
+                           PUSHQ_DELIVERY_CHUNK_SIZE="1", PUSHQ_PUSH_CONCURRENCY="1")
+    session_factory = own_services.session_factory
+    tenant = own_services.tenant()
     user = uuid.uuid4()
     tenant.enroll(user)
     subscription = push_service.new_subscription()
     push_service.set_behavior(subscription, 201, delay=10, times=1)  # the first push hangs
-    client = create_app(settings.replace(redis_url=crash_redis)).test_client()
-    client.post("/push/devices/register", json={"app_id": str(tenant.id), "platform": "web",
-                                                "push_token": json.dumps(subscription)},
-                headers=tenant.user_headers(user))
+    client = create_app(own_services.settings).test_client()
+    registered = client.post("/push/devices/register", json={"app_id": str(tenant.id), "platform": "web",
+                                                             "push_token": json.dumps(subscription)},
+                             headers=tenant.user_headers(user))
+    assert registered.status_code == 201, registered.get_json()
 
     first = start_worker(env, tmp_path / "first.log", tmp_path / "first.schedule")
     try:

@@ -4,6 +4,9 @@ A worker runs with production egress settings (no http, no loopback) next to a
 device whose endpoint was stored before the rules (written straight into the
 database, as a row from an older release would be). The push ends ``rejected``,
 the device is disabled, and the listener behind the endpoint sees no connection.
+
+The worker has a database and a Redis of its own (``own_services``): the suite's worker,
+which allows http endpoints, never sees this device, and this worker never sees the suite's.
 """
 
 from __future__ import annotations
@@ -25,11 +28,9 @@ from tests.support.harness import TEST_ENV, Tenant, own_database, start_worker
 from tests.support.helpers import wait_for
 
 
-def test_a_device_stored_with_a_now_refused_endpoint_is_rejected_and_never_contacted(
-    settings, tenant, session_factory, tmp_path
-):
-    strict_redis = os.environ.get("TEST_EGRESS_REDIS_URL", "redis://127.0.0.1:6379/8")
-    redis.Redis.from_url(strict_redis).flushdb()
+def test_a_device_stored_with_a_now_refused_endpoint_is_rejected_and_never_contacted(own_services, tmp_path):
+    session_factory = own_services.session_factory
+    tenant = own_services.tenant()
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -43,11 +44,10 @@ def test_a_device_stored_with_a_now_refused_endpoint_is_rejected_and_never_conta
         session.execute(insert(Device), [{"id": device_id, "app_id": tenant.id, "user_id": user, "platform": "web",
                                           "token": token, "token_hash": crypto.token_hash(endpoint)}])
 
-    env = {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore", "REDIS_URL": strict_redis,
-           "PUSHQ_ALLOW_HTTP_ENDPOINTS": "0"}
-    worker = start_worker(env, tmp_path / "worker.log", tmp_path / "schedule")
+    worker = start_worker(own_services.env(PUSHQ_ALLOW_HTTP_ENDPOINTS="0"), tmp_path / "worker.log",
+                          tmp_path / "schedule")
     try:
-        client = create_app(settings.replace(redis_url=strict_redis)).test_client()
+        client = create_app(own_services.settings).test_client()
         response = client.post("/push/send", json={"user_id": str(user), "title": "t", "body": "b"},
                                headers=tenant.service_headers())
         assert response.status_code == 200

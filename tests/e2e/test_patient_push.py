@@ -99,9 +99,17 @@ def test_only_web_subscriptions_are_fanned_out(api, worker, tenant, push_service
     map_patient(api, tenant, patient, person)
     tenant.enroll(person)  # only users enrolled in the app may register devices into it
     web = register_web(api, tenant, person, push_service.new_subscription())
-    api.post("/push/devices/register", json={"app_id": str(tenant.id), "platform": "ios", "push_token": "cd" * 32},
-             headers=tenant.user_headers(person))
-    result = patient_send(api, tenant, patient).json()
+    ios = api.post("/push/devices/register", json={"app_id": str(tenant.id), "platform": "ios", "push_token": "cd" * 32},
+                   headers=tenant.user_headers(person))
+    assert ios.status_code == 201, ios.text
+    # The positive control: the person has both devices, active.
+    devices = api.get("/push/devices", params={"user_id": str(person)}, headers=tenant.service_headers())
+    assert devices.status_code == 200, devices.text
+    active = {(d["id"], d["platform"]) for d in devices.json()["items"] if not d.get("disabled_at")}
+    assert active == {(web, "web"), (ios.json()["device_id"], "ios")}
+    response = patient_send(api, tenant, patient)
+    assert response.status_code == 200, response.text
+    result = response.json()
     assert [r["subscription_id"] for r in result["results"]] == [web]
 
 

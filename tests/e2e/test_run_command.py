@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.support.helpers import wait_for
 
@@ -56,6 +57,62 @@ def test_run_starts_everything_and_demo_delivers(tmp_path: Path):
         finally:
             service.send_signal(signal.SIGINT)
             assert service.wait(timeout=30) == 0
+
+
+def _pushq_run_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "JWT_", "PUSHQ_"))}
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def _running(pids: set[int], directory: Path) -> list[str]:
+    """Processes among ``pids``, or working in ``directory`` (the embedded Redis daemon), that still run."""
+    left = []
+    for process in psutil.process_iter(["pid", "cwd", "status", "cmdline"]):
+        info = process.info
+        if info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if info["pid"] in pids or (info["cwd"] and Path(info["cwd"]).is_relative_to(directory)):
+            left.append(f"{info['pid']} {' '.join(info['cmdline'] or [])[:120]}")
+    return left
+
+
+def test_ctrl_c_stops_every_process_of_pushq_run_twenty_times_in_a_row(tmp_path: Path):
+    """Ctrl-C as a terminal sends it: SIGINT to pushq run's whole process group, once it serves.
+
+    Every time, pushq run exits 0 and no process it started (gunicorn's master and workers,
+    Celery's worker and pool, the beat, the embedded Redis) is left running.
+    """
+    env = _pushq_run_env()
+    for attempt in range(20):
+        port = free_port()
+        log_path = tmp_path / f"run-{attempt}.log"
+        with open(log_path, "w") as log:
+            service = subprocess.Popen([str(BIN / "pushq"), "run", "--port", str(port), "--concurrency", "1"],
+                                       cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # its own group, as a shell job is
+            try:
+                def serving() -> bool:
+                    try:
+                        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2,
+                                         trust_env=False).status_code == 200
+                    except httpx.HTTPError:
+                        return False
+
+                wait_for(serving, timeout=60, interval=0.1, detail=lambda: log_path.read_text()[-3000:])
+                started = {p.pid for p in psutil.Process(service.pid).children(recursive=True)}
+                assert len(started) >= 4, started  # gunicorn + its workers, the worker, the beat
+                os.killpg(service.pid, signal.SIGINT)
+                assert service.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+                left = wait_for(lambda: not _running(started | {service.pid}, tmp_path) or None, timeout=5,
+                                what="every process to be gone",
+                                detail=lambda: "\n".join([*_running(started, tmp_path), log_path.read_text()[-3000:]]))
+                assert left
+            finally:
+                if service.poll() is None:
+                    os.killpg(service.pid, signal.SIGKILL)
+                    service.wait()
+        assert "killing its process group" not in log_path.read_text(), log_path.read_text()[-3000:]
 
 
 def test_cli_help_lists_commands():

@@ -3,16 +3,19 @@ never once cancelled; the TTL counts from send_at; the quota is taken on the day
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from shared.db import session_scope
 from shared.models import Notification, utcnow
 from shared.services import scheduled
+from shared.services.sends import SendRequest, create_notifications
 from tests.support.flows import register_web
+from tests.support.harness import TEST_ENV
 from tests.support.helpers import wait_for
 
 
@@ -59,8 +62,9 @@ def test_scheduled_send_goes_out_after_send_at_and_a_cancelled_one_never(api, wo
     # Released: no longer cancellable. The cancelled one stays cancelled and is never pushed.
     conflict = api.delete(f"/push/notifications/{kept_id}", headers=headers)
     assert conflict.status_code == 409 and conflict.json()["error"] == "notification_not_cancellable"
-    time.sleep(1.5)
-    assert api.get(f"/push/notifications/{dropped_id}", headers=headers).json()["status"] == "cancelled"
+    # The release that sent the kept one ran after the cancelled one's (same) send_at: it passed it over.
+    dropped_view = api.get(f"/push/notifications/{dropped_id}", headers=headers).json()
+    assert dropped_view["status"] == "cancelled" and dropped_view["deliveries"] == []
     assert len(push_service.messages(subscription)) == 1
 
 
@@ -110,7 +114,9 @@ def test_patient_send_with_send_at_answers_at_once_pending(api, tenant, push_ser
                                                "sendAt": iso(datetime.now(UTC) + timedelta(hours=1))},
                         headers=headers)
     assert response.status_code == 200, response.text
-    assert time.monotonic() - started < 2  # no wait for workers: nothing goes out before sendAt
+    # No wait for the outcomes (nothing goes out before sendAt): answered before the wait's deadline.
+    assert time.monotonic() - started < float(TEST_ENV["PUSHQ_FANOUT_WAIT_SECONDS"])
+    assert push_service.attempts(subscription) == 0
     answer = response.json()
     assert answer["results"] == [{"subscription_id": device_id, "status": "pending", "vendor_message_id": ""}]
     status = api.get(f"/push/notifications/{answer['notification_id']}", headers=headers).json()["status"]
@@ -119,8 +125,6 @@ def test_patient_send_with_send_at_answers_at_once_pending(api, tenant, push_ser
 
 def test_release_is_atomic_and_ignores_cancelled_and_future(session_factory, tenant, settings):
     """Two schedulers releasing at once get disjoint sets; only due, still-scheduled notifications move."""
-    from shared.services.sends import SendRequest, create_notifications
-
     user = uuid.uuid4()
     tenant.enroll(user)
     now = utcnow()
@@ -148,3 +152,86 @@ def test_release_is_atomic_and_ignores_cancelled_and_future(session_factory, ten
         assert statuses[due.notification_ids[0]] == "cancelled"
         assert statuses[future.notification_ids[0]] == "scheduled"
         assert scheduled.release_due(session, later) == []
+
+
+def _scheduled_one(session_factory, tenant, send_at) -> uuid.UUID:
+    """A scheduled send; the races below act an hour ahead, so the suite's running scheduler never releases it."""
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    with session_scope(session_factory) as session:
+        (notification_id,) = create_notifications(session, tenant.id, [SendRequest(user, "t", "b", send_at=send_at)],
+                                                  default_ttl=60, enqueue=lambda ids: None).notification_ids
+    return notification_id
+
+
+def _waiting_on_a_lock(engine) -> bool:
+    with engine.connect() as connection:
+        return bool(connection.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar())
+
+
+def test_a_cancel_racing_the_release_waits_for_it_and_is_refused(session_factory, engine, tenant):
+    """The release holds the row (uncommitted) when the cancel comes: the cancel waits for it, then finds
+    the notification queued and answers 409; the notification goes out, once."""
+    now = utcnow() + timedelta(hours=1)  # the release's clock: the send is due for it only
+    notification_id = _scheduled_one(session_factory, tenant, now)
+    release = session_factory()
+    outcome: list[object] = []
+    try:
+        assert scheduled.release_due(release, now) == [notification_id]  # its row lock held until commit
+
+        def cancel() -> None:
+            try:
+                with session_scope(session_factory) as session:
+                    outcome.append(scheduled.cancel(session, tenant.id, notification_id, now))
+            except Exception as exc:
+                outcome.append(exc)
+
+        racer = threading.Thread(target=cancel)
+        racer.start()
+        wait_for(lambda: _waiting_on_a_lock(engine), timeout=30, what="the cancel to wait on the release's lock")
+        release.commit()
+        racer.join(timeout=30)
+        assert not racer.is_alive()
+    finally:
+        release.close()
+    (result,) = outcome
+    assert isinstance(result, scheduled.NotificationNotCancellable)
+    with session_scope(session_factory) as session:
+        assert session.get(Notification, notification_id).status == "queued"
+
+
+def test_a_release_racing_a_cancel_skips_it(session_factory, tenant):
+    """The cancel holds the row (uncommitted) when the scheduler releases: the release skips it without
+    waiting, and once the cancel commits no later release picks it up."""
+    now = utcnow() + timedelta(hours=1)  # the release's clock: the send is due for it only
+    notification_id = _scheduled_one(session_factory, tenant, now)
+    cancelling = session_factory()
+    try:
+        assert scheduled.cancel(cancelling, tenant.id, notification_id, now) == "cancelled"
+        with session_scope(session_factory) as session:
+            assert scheduled.release_due(session, now) == []  # SKIP LOCKED: no wait, no release
+        cancelling.commit()
+    finally:
+        cancelling.close()
+    with session_scope(session_factory) as session:
+        assert scheduled.release_due(session, now + timedelta(seconds=1)) == []
+        assert session.get(Notification, notification_id).status == "cancelled"
+
+
+def test_a_cancelled_send_keeps_the_quota_it_took(api, tenant, settings):
+    """README: the quota is taken on the day of the request and a cancel does not give it back."""
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    headers = tenant.service_headers()
+    body = {"user_id": str(user), "title": "t", "body": "b", "send_at": iso(datetime.now(UTC) + timedelta(hours=1))}
+    first = api.post("/push/send", json=body, headers=headers)
+    assert first.status_code == 200, first.text
+    limit, remaining = int(first.headers["X-Quota-Limit"]), int(first.headers["X-Quota-Remaining"])
+    assert remaining == limit - 1
+    cancelled = api.delete(f"/push/notifications/{first.json()['notification_id']}", headers=headers)
+    assert cancelled.status_code == 200 and cancelled.json() == {"status": "cancelled"}
+    second = api.post("/push/send", json=body, headers=headers)
+    assert second.status_code == 200, second.text
+    assert int(second.headers["X-Quota-Remaining"]) == limit - 2

@@ -2,8 +2,8 @@
 
 gunicorn runs exactly as the Procfile's ``web`` line says (threaded workers).
 Eight ``POST /v1/push/send`` calls wait on a push service that stalls; meanwhile
-``GET /healthz`` and ``POST /push/send`` are answered within a second (a bound on
-blocking, not a speed target).
+``GET /healthz`` and ``POST /push/send`` are answered while the waiting calls still
+wait (an ordering: they do not queue behind them).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,7 +67,7 @@ def test_waiting_fan_outs_do_not_stall_other_requests(gunicorn, api, worker, ten
     with session_scope(session_factory) as session:
         put_mapping(session, tenant.id, patient, person)
     subscription = push_service.new_subscription()
-    push_service.set_behavior(subscription, 201, delay=6, times=100)  # the push service stalls
+    push_service.set_behavior(subscription, 201, delay=60, times=100)  # the push service stalls
     register_web(api, tenant, person, subscription)
 
     answers: list[httpx.Response] = []
@@ -81,17 +80,18 @@ def test_waiting_fan_outs_do_not_stall_other_requests(gunicorn, api, worker, ten
     senders = [threading.Thread(target=patient_send) for _ in range(8)]
     for sender in senders:
         sender.start()
-    time.sleep(1.0)  # the calls are in, waiting on the stalled service
-    with httpx.Client(base_url=gunicorn, timeout=10, trust_env=False) as http:
-        started = time.monotonic()
-        assert http.get("/healthz").status_code == 200
-        health_seconds = time.monotonic() - started
-        started = time.monotonic()
+    # The calls are in: those beyond PUSHQ_MAX_WAITS_PER_APP (4) answered at once, the other 4 hold
+    # their threads waiting on the stalled service (until their 10 s wait ends).
+    wait_for(lambda: len(answers) >= 4, timeout=30, what="the calls that do not wait to be answered")
+    with httpx.Client(base_url=gunicorn, timeout=30, trust_env=False) as http:
+        health = http.get("/healthz")
         response = http.post("/push/send", json={"user_id": str(person), "title": "t", "body": "b"},
                              headers=tenant.service_headers())
-        send_seconds = time.monotonic() - started
+        still_waiting = 8 - len(answers)
+    assert health.status_code == 200
     assert response.status_code == 200
-    assert health_seconds < 1.0 and send_seconds < 1.0, (health_seconds, send_seconds)
+    # Answered beside the waiting calls, not after them (an ordering, not a speed).
+    assert still_waiting > 0, "the other requests were answered only once the waiting ones were"
     for sender in senders:
         sender.join(timeout=40)
     assert [a.status_code for a in answers] == [200] * 8

@@ -1,15 +1,21 @@
-"""The delivery pipeline's rules, on a real database, without Celery."""
+"""The delivery pipeline's rules, on a real database, without Celery.
+
+Every rule that touches the database runs twice: on PostgreSQL (production) and on
+SQLite (``make run`` with nothing configured), whose claim and outcome write take
+their own, portable statements (shared/delivery.py).
+"""
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
-from shared.db import session_scope
+from shared.db import make_engine, make_session_factory, session_scope
 from shared.delivery import (
     RetryPolicy,
     aggregate_status,
@@ -19,14 +25,38 @@ from shared.delivery import (
     release_due_deliveries,
     stale_queued_notifications,
 )
-from shared.models import Delivery, Device, Notification, utcnow
+from shared.models import Base, Delivery, Device, Notification, utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
+from shared.schema import migrate
 from shared.services.devices import register_device, unregister_device
 from shared.services.sends import SendRequest, create_notifications
 
 POLICY = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)
 LEASE = 300
+
+
+@pytest.fixture(scope="module")
+def sqlite_session_factory(tmp_path_factory: pytest.TempPathFactory):
+    """A SQLite file migrated with alembic, as `pushq run` makes it."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'pushq.sqlite3'}"
+    migrate(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def session_factory(request: pytest.FixtureRequest, session_factory) -> Iterator:
+    """The rules on both databases: the suite's PostgreSQL (truncated by conftest) or an emptied SQLite file."""
+    if request.param == "postgresql":
+        yield session_factory
+        return
+    factory = request.getfixturevalue("sqlite_session_factory")
+    with session_scope(factory) as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(delete(table))
+    yield factory
 
 
 def ios_token() -> str:
@@ -276,6 +306,48 @@ def test_dead_token_does_not_disable_a_device_re_registered_with_a_new_token(not
         record_outcomes(session, held.token, [(held.deliveries[0], Outcome.dead_token("Unregistered"))], now, POLICY)
     with session_scope(session_factory) as session:
         assert session.get(Device, held.deliveries[0].device_id).disabled_at is None
+
+
+def test_mixed_outcomes_of_one_chunk_are_written_in_one_go(tenant, session_factory):
+    """One chunk, four outcomes: sent, retry, dead token, rejected; each row gets its own values, only the
+    dead token's device is disabled, and the notification's status counts them all."""
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    with session_scope(session_factory) as session:
+        for _ in range(4):
+            register_device(session, app_id=tenant.id, user_id=user, platform="ios", push_token=ios_token())
+        (notification_id,) = create_notifications(
+            session, tenant.id, [SendRequest(user_id=user, title="t", body="b", ttl=600)], default_ttl=600,
+            enqueue=lambda ids: None).notification_ids
+    with session_scope(session_factory) as session:
+        (chunk,) = fan_out(session, [notification_id], utcnow(), {"ios"}, 100)
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        held = claim(session, chunk.delivery_ids, now)
+    sent, retry, dead, rejected = held.deliveries
+    outcomes = [(sent, Outcome.sent("vendor-1")), (retry, Outcome.retry("503", retry_after=5)),
+                (dead, Outcome.dead_token("Unregistered")), (rejected, Outcome.rejected("BadTopic"))]
+    with session_scope(session_factory) as session:
+        assert record_outcomes(session, held.token, outcomes, now, POLICY) == 4
+    with session_scope(session_factory) as session:
+        rows = {d.id: d for d in session.scalars(select(Delivery))}
+        assert (rows[sent.delivery_id].status, rows[sent.delivery_id].vendor_message_id,
+                rows[sent.delivery_id].last_error) == ("sent", "vendor-1", None)
+        assert rows[sent.delivery_id].sent_at is not None
+        assert (rows[retry.delivery_id].status, rows[retry.delivery_id].last_error) == ("retrying", "503")
+        assert rows[retry.delivery_id].next_attempt_at >= now + timedelta(seconds=5)
+        assert (rows[dead.delivery_id].status, rows[dead.delivery_id].last_error) == ("dead_token", "Unregistered")
+        assert (rows[rejected.delivery_id].status, rows[rejected.delivery_id].last_error) == ("rejected", "BadTopic")
+        assert {row.vendor_message_id for row in rows.values()} == {"vendor-1", None}
+        assert all(row.claim_token is None and row.claimed_at is None for row in rows.values())
+        disabled = {d.id for d in session.scalars(select(Device).where(Device.disabled_at.is_not(None)))}
+        assert disabled == {dead.device_id}
+        assert session.get(Notification, notification_id).status == "sending"  # one delivery still retrying
+    with session_scope(session_factory) as session:
+        again = claim(session, [retry.delivery_id], now + timedelta(seconds=600))
+    assert again.deliveries == [] and again.closed == 1  # expired meanwhile: closed at claim
+    with session_scope(session_factory) as session:
+        assert session.get(Notification, notification_id).status == "partially_delivered"
 
 
 def test_stale_queued_notifications_are_found(tenant, session_factory):

@@ -36,7 +36,13 @@ def test_bulk_enroll_counts_new_users_and_lists_in_pages(client, tenant):
 
 def test_enrollments_are_per_app(client, tenant, other_tenant):
     user = uuid.uuid4()
-    client.put(f"/push/enrollments/{user}", headers=tenant.service_headers())
+    enrolled = client.put(f"/push/enrollments/{user}", headers=tenant.service_headers())
+    assert enrolled.status_code == 200, enrolled.json
+    # The positive control: the enrolling app sees the enrollment and may send to the user.
+    own = tenant.service_headers()
+    assert client.get(f"/push/enrollments/{user}", headers=own).status_code == 200
+    assert [e["user_id"] for e in client.get("/push/enrollments", headers=own).json["items"]] == [str(user)]
+    assert client.post("/push/send", json={"user_id": str(user), "title": "t", "body": "b"}, headers=own).status_code == 200
     other = other_tenant.service_headers()
     assert client.get(f"/push/enrollments/{user}", headers=other).status_code == 404
     assert client.delete(f"/push/enrollments/{user}", headers=other).status_code == 404

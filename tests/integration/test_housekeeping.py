@@ -17,26 +17,38 @@ from tests.support.builders import add_device, add_notification
 from tests.support.harness import TEST_ENV
 
 
+def _notification_rows(session) -> dict[uuid.UUID, int]:
+    """Every notification left, with how many deliveries it still has."""
+    counts = dict(session.execute(select(Delivery.notification_id, func.count()).group_by(Delivery.notification_id)).all())
+    return {notification_id: counts.get(notification_id, 0) for notification_id in session.scalars(select(Notification.id))}
+
+
 def test_old_final_notifications_go_with_their_deliveries_in_batches(session_factory, tenant):
     user = uuid.uuid4()
     with session_scope(session_factory) as session:
         device = add_device(session, tenant.id, user)
-        old = [add_notification(session, tenant.id, user, "delivered", 40, [device]) for _ in range(5)]
+        old = [add_notification(session, tenant.id, user, status, 40, [device])
+               for status in ("delivered", "partially_delivered", "failed", "expired", "no_devices")]
         kept = {
-            add_notification(session, tenant.id, user, "delivered", 10, [device]),  # young
-            add_notification(session, tenant.id, user, "scheduled", 40),  # not final: never deleted
-            add_notification(session, tenant.id, user, "sending", 40, [device]),
+            add_notification(session, tenant.id, user, "delivered", 10, [device]): 1,  # young
+            add_notification(session, tenant.id, user, "scheduled", 40): 0,  # not final: never deleted
+            add_notification(session, tenant.id, user, "queued", 40): 0,
+            add_notification(session, tenant.id, user, "sending", 40, [device]): 1,
         }
     policy = housekeeping.HousekeepingPolicy(retention_days=30, device_idle_days=0, revoked_client_days=0,
                                              batch_size=2, max_batches=2)
     report = housekeeping.run(session_factory, utcnow(), policy)
     assert report.notifications_deleted == 4 and report.batches["notifications"] == 2  # bounded per run
+    with session_scope(session_factory) as session:
+        left = _notification_rows(session)
+    (carried_over,) = set(left) - set(kept)  # one old one waits for the next run, with its delivery
+    assert carried_over in old and left == {**kept, carried_over: 1}
     report = housekeeping.run(session_factory, utcnow(), policy)
     assert report.notifications_deleted == 1
     with session_scope(session_factory) as session:
-        assert set(session.scalars(select(Notification.id))) == kept
+        assert _notification_rows(session) == kept  # the survivors keep their deliveries
         assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.notification_id.in_(old))) == 0
-        assert session.scalar(select(func.count()).select_from(Delivery)) == 2
+        assert session.get(Device, device.id).disabled_at is None  # deliveries go, not the device
 
 
 def test_idle_devices_are_disabled_and_long_revoked_clients_deleted(session_factory, tenant):
@@ -61,10 +73,17 @@ def test_idle_devices_are_disabled_and_long_revoked_clients_deleted(session_fact
 
 def test_zero_days_turns_a_job_off(session_factory, tenant):
     with session_scope(session_factory) as session:
-        add_notification(session, tenant.id, uuid.uuid4(), "failed", 400)
-        add_device(session, tenant.id, uuid.uuid4(), last_seen_days_ago=400)
+        notification = add_notification(session, tenant.id, uuid.uuid4(), "failed", 400)
+        device = add_device(session, tenant.id, uuid.uuid4(), last_seen_days_ago=400).id
+        client, _ = create_client(session, tenant.id, ["push:send"])
+        revoke_client(session, client)
+        session.get(OAuthClient, client).revoked_at = utcnow() - timedelta(days=400)
     off = housekeeping.HousekeepingPolicy(retention_days=0, device_idle_days=0, revoked_client_days=0)
     assert housekeeping.run(session_factory, utcnow(), off) == housekeeping.HousekeepingReport()
+    with session_scope(session_factory) as session:  # the rows themselves are untouched
+        assert set(session.scalars(select(Notification.id))) == {notification}
+        assert session.get(Device, device).disabled_at is None
+        assert set(session.scalars(select(OAuthClient.client_id))) == {client}
 
 
 def test_settings_and_beat_schedule():

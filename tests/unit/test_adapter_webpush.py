@@ -185,10 +185,9 @@ def test_hostile_retry_after_and_location_values_are_clamped_and_cleaned(service
 
 
 def test_an_answer_without_end_is_read_only_up_to_a_bound(service, app, adapter):
-    started = time.monotonic()
     (outcome,) = adapter.send_many(app, [delivery(f"{service.url}/endless/1")])
-    assert outcome.kind is OutcomeKind.SENT  # the status line and headers said 201
-    assert time.monotonic() - started < 2.0
+    # The status line and headers said 201: SENT, not the deadline's RETRY an endless read would end in.
+    assert outcome.kind is OutcomeKind.SENT
 
 
 def test_a_tarpit_is_cut_off_at_the_push_deadline(service, app, adapter):
@@ -197,7 +196,9 @@ def test_a_tarpit_is_cut_off_at_the_push_deadline(service, app, adapter):
     elapsed = time.monotonic() - started
     assert slow.kind is OutcomeKind.RETRY and slow.reason == "push service timed out"
     assert fine.kind is OutcomeKind.SENT
-    assert 1.9 < elapsed < 4.0  # the deadline is 2 s for the whole push, though bytes keep arriving
+    # The deadline is 2 s for the whole push, though bytes keep arriving (the tarpit's answer takes 22 s):
+    # cut at the deadline, with a margin a loaded machine keeps.
+    assert 1.9 < elapsed < 15.0
 
 
 def test_a_broken_subscription_is_its_own_outcome(service, app, adapter):

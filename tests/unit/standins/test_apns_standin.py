@@ -407,11 +407,11 @@ def test_full_stall_ends_when_the_server_stops():
             await asyncio.to_thread(server.stop)
             stop_took = time.monotonic() - started
             with pytest.raises(MaxAttemptsExceeded):
-                await asyncio.wait_for(pending, 5)
+                await asyncio.wait_for(pending, 30)
             return stop_took
 
     try:
-        assert asyncio.run(scenario()) < 5
+        assert asyncio.run(scenario()) < 30  # the stream stalls for an hour: stop did not wait for it
     finally:
         server.stop()
     server.stop()  # idempotent

