@@ -4,62 +4,20 @@ from __future__ import annotations
 
 import uuid
 
-from tests.support.flows import final_notification, register_web
+from tests.support.flows import (
+    bulk_and_check_every_device,
+    final_notification,
+    register_web,
+    send_one_and_check_delivery,
+)
 
 
 def test_send_is_encrypted_delivered_and_recorded(api, worker, tenant, push_service):
-    user = uuid.uuid4()
-    tenant.enroll(user)
-    subscription = push_service.new_subscription(application_server_key=tenant.vapid_public_key)
-    device_id = register_web(api, tenant, user, subscription)
-    data = {"route": "/schedule", "ünïcode": "✓"}
-
-    response = api.post(
-        "/push/send",
-        json={"user_id": str(user), "title": "Your shift starts in 30 min", "body": "Open GymOps.", "data": data, "ttl": 3600},
-        headers=tenant.service_headers(),
-    )
-    assert response.status_code == 200, response.text
-    notification_id = response.json()["notification_id"]
-
-    notification = final_notification(api, tenant, notification_id)
-    messages = push_service.messages(subscription)
-    assert len(messages) == 1
-    assert messages[0].json() == {"title": "Your shift starts in 30 min", "body": "Open GymOps.", "data": data}
-    assert 3500 < messages[0].ttl <= 3600  # the remaining ttl, not more than asked
-    assert messages[0].vapid_public_key == tenant.vapid_public_key
-    assert notification["status"] == "delivered"
-    (delivery,) = notification["deliveries"]
-    assert delivery["device_id"] == device_id
-    assert delivery["status"] == "sent"
-    assert delivery["attempts"] == 1
-    assert delivery["vendor_message_id"] == f"{push_service.base_url}/_standin/messages/{messages[0].id}"
+    send_one_and_check_delivery(api, tenant, push_service)
 
 
 def test_bulk_reaches_every_device_of_every_user(api, worker, tenant, push_service):
-    users = [uuid.uuid4() for _ in range(3)]
-    tenant.enroll(*users)
-    subscriptions = {}
-    for user in users:
-        subscriptions[user] = [push_service.new_subscription() for _ in range(2)]
-        for subscription in subscriptions[user]:
-            register_web(api, tenant, user, subscription)
-    response = api.post(
-        "/push/send/bulk",
-        json={"user_ids": [str(u) for u in users], "title": "Gym closes early today", "body": "Closing at 6pm."},
-        headers=tenant.service_headers(),
-    )
-    assert response.status_code == 200
-    ids = response.json()["notification_ids"]
-    assert len(ids) == 3
-    for user, notification_id in zip(users, ids):
-        notification = final_notification(api, tenant, notification_id)
-        assert notification["user_id"] == str(user)
-        assert notification["status"] == "delivered"
-        assert len(notification["deliveries"]) == 2
-    for subscription_list in subscriptions.values():
-        for subscription in subscription_list:
-            assert [m.json()["title"] for m in push_service.messages(subscription)] == ["Gym closes early today"]
+    bulk_and_check_every_device(api, tenant, push_service)
 
 
 def test_gone_subscription_disables_device_and_next_send_skips_it(api, worker, tenant, push_service, session_factory):

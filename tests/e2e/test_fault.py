@@ -64,6 +64,8 @@ from tests.support.faults import (
     wait_until,
 )
 from tests.support.harness import TEST_ENV, LiveServer, Tenant
+from tests.support.pgbouncer import PgBouncer
+from tests.support.pgbouncer import available as pgbouncer_available
 
 pytestmark = pytest.mark.fault
 
@@ -108,6 +110,7 @@ class FaultEnv:
         self.database_url = _fault_database_url()
         self.redis = RedisServer(workdir / "redis").start()
         self.rabbit: RabbitNode | None = None
+        self.bouncer: PgBouncer | None = None
         self.webpush = WebPushStandin().start()
         self.apns = ApnsStandin().start()
         self.fcm = FcmStandin().start()
@@ -184,6 +187,13 @@ class FaultEnv:
         redis.Redis.from_url(self.redis.url).flushall()
         self.procs = []
 
+    def pgbouncer(self) -> PgBouncer:
+        """The suite's PgBouncer (transaction pooling) in front of its database, started on first use."""
+        if self.bouncer is None:
+            assert pgbouncer_available(), "pgbouncer is not installed (Debian package pgbouncer)"
+            self.bouncer = PgBouncer(self.database_url, self.workdir / "pgbouncer").start()
+        return self.bouncer
+
     def worker(self, broker_url: str, name: str, queues: str = ALL_QUEUES, concurrency: int = 2, **extra: str) -> Proc:
         proc = Proc(name, [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--pool", "prefork",
                            "--concurrency", str(concurrency), "-Q", queues, "-n", f"{name}@fault",
@@ -194,17 +204,18 @@ class FaultEnv:
         assert proc.alive(), proc.tail()
         return proc
 
-    def beat(self, broker_url: str, name: str = "beat") -> Proc:
+    def beat(self, broker_url: str, name: str = "beat", **extra: str) -> Proc:
         schedule = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}.schedule"
         proc = Proc(name, [sys.executable, "-m", "celery", "-A", "workers.main", "beat", "-s", str(schedule),
-                           "--loglevel", "INFO"], self.env(broker_url), self.workdir)
+                           "--loglevel", "INFO"], self.env(broker_url, **extra), self.workdir)
         self.procs.append(proc)
         wait_until(f"{name} started", lambda: "Starting..." in proc.log() or not proc.alive(), 30, 0.1)
         assert proc.alive(), proc.tail()
         return proc
 
-    def api(self, broker_url: str) -> LiveServer:
-        return LiveServer(create_app(self.settings_for(broker_url))).start()
+    def api(self, broker_url: str, database_url: str | None = None) -> LiveServer:
+        settings = self.settings_for(broker_url)
+        return LiveServer(create_app(settings.replace(database_url=database_url or settings.database_url))).start()
 
     def sending_ids(self) -> set[str]:
         with self.monitor.connect() as connection:
@@ -292,6 +303,8 @@ def fault_env() -> Iterator[FaultEnv]:
             service.stop()
         if env.rabbit is not None:
             env.rabbit.stop()
+        if env.bouncer is not None:
+            env.bouncer.stop()
         env.redis.stop()
         env.engine.dispose()
         env.monitor.dispose()
@@ -426,17 +439,23 @@ def test_2_broker_restarted_mid_run(env: FaultEnv, broker: str) -> None:
     env.tally(scenario, broker_name(env, broker), loader, in_flight, began, note=note, supervised=supervisor)
 
 
-def test_3_postgres_backends_terminated_repeatedly(env: FaultEnv) -> None:
-    """pg_terminate_backend on every pushq connection, four times mid-run: workers and API recover."""
+@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
+def test_3_postgres_backends_terminated_repeatedly(env: FaultEnv, through: str) -> None:
+    """pg_terminate_backend on every pushq connection, four times mid-run: workers and API recover.
+
+    ``pgbouncer``: the workers, beat and API reach PostgreSQL only through the suite's PgBouncer in
+    transaction pooling, whose server connections are the ones terminated.
+    """
     began = time.monotonic()
     broker = env.redis.url
-    api = env.api(broker)
-    worker = env.worker(broker, "w1")
-    beat = env.beat(broker)
+    database_url = env.pgbouncer().url(env.database_url) if through == "pgbouncer" else env.database_url
+    api = env.api(broker, database_url)
+    worker = env.worker(broker, "w1", DATABASE_URL=database_url)
+    beat = env.beat(broker, DATABASE_URL=database_url)
     in_flight: set[str] = set()
     terminated = 0
     try:
-        loader = Loader(api.url, env.tenant.service_headers(), "s3")
+        loader = Loader(api.url, env.tenant.service_headers(), "s3b" if through == "pgbouncer" else "s3")
         users = all_users(env)
         loader.send(users[:1000], batch=250)
         sender = loader.send_in_thread(users[1000:], batch=100, pause=0.2)
@@ -453,8 +472,8 @@ def test_3_postgres_backends_terminated_repeatedly(env: FaultEnv) -> None:
         stop_all(worker, beat)
         api.stop()
     assert terminated >= 4
-    env.tally("3 PostgreSQL backends terminated x4", "Redis", loader, in_flight, began,
-              note=f"{terminated} backends terminated")
+    scenario = "3 PostgreSQL backends terminated x4" + (" (through PgBouncer)" if through == "pgbouncer" else "")
+    env.tally(scenario, "Redis", loader, in_flight, began, note=f"{terminated} backends terminated")
 
 
 class _BadVendor:
