@@ -74,12 +74,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.openapi import bp as openapi_bp
     from api.patient_views import bp as patients_bp
     from api.views import bp as push_bp
+    from api.webhook_views import bp as webhooks_bp
 
     app.register_blueprint(push_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(patients_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(oauth_bp)
+    app.register_blueprint(webhooks_bp)
     from api.admin import bp as admin_bp
     from api.client_kit import bp as client_kit_bp
 

@@ -1,7 +1,7 @@
 """``pushq``: the command line, a package of click groups.
 
 ``pushq GROUP VERB`` (apps, credentials, users, tokens, clients, notifications,
-data), plus ``pushq run`` (the whole service on one host). The end-to-end demo is a development
+data, webhooks), plus ``pushq run`` (the whole service on one host). The end-to-end demo is a development
 tool beside the stand-ins: ``make demo`` (``python -m standins.demo``).
 The one-word verbs of earlier versions (``pushq create-app``, ``pushq enroll``,
 ``pushq token``, ``pushq migrate`` …) are kept as shortcuts to the same
@@ -22,6 +22,7 @@ from cli.notifications import notifications
 from cli.run import run
 from cli.tokens import tokens
 from cli.users import users
+from cli.webhooks import webhooks
 from workers.health import worker_ping
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     """
 
 
-for _command in (apps, credentials, users, tokens, clients, notifications, data, run):
+for _command in (apps, credentials, users, tokens, clients, notifications, data, webhooks, run):
     main.add_command(_command)
 main.add_command(worker_ping)  # workers/health.py: a worker's health check with an exit code
 

@@ -141,6 +141,17 @@ class Settings:
     # Queue gauges (a broker connection and two aggregate queries) are read at most once per this many
     # seconds per process, whatever the scrape rate; scrapes in between get the last reading.
     metrics_refresh_seconds: float = field(default=15.0, metadata={"env": "PUSHQ_METRICS_REFRESH_SECONDS"})
+    # Outcome webhooks (docs/api.md "Outcome webhooks"): attempts per event before giving up, the backoff
+    # between them (full jitter, doubling from the base up to the max), one POST's whole deadline, events per
+    # POST when many are due, and how long a rotated-out secret still signs.
+    webhook_max_attempts: int = field(default=10, metadata={"env": "PUSHQ_WEBHOOK_MAX_ATTEMPTS"})
+    webhook_retry_base_seconds: float = field(default=5.0, metadata={"env": "PUSHQ_WEBHOOK_RETRY_BASE_SECONDS"})
+    webhook_retry_max_seconds: float = field(default=3600.0, metadata={"env": "PUSHQ_WEBHOOK_RETRY_MAX_SECONDS"})
+    webhook_deadline_seconds: float = field(default=10.0, metadata={"env": "PUSHQ_WEBHOOK_DEADLINE_SECONDS"})
+    webhook_batch_size: int = field(default=50, metadata={"env": "PUSHQ_WEBHOOK_BATCH_SIZE"})
+    webhook_secret_overlap_seconds: int = field(default=86_400, metadata={"env": "PUSHQ_WEBHOOK_SECRET_OVERLAP_SECONDS"})
+    # How often the scheduler hands due webhook events to the webhooks queue.
+    webhook_interval_seconds: float = field(default=1.0, metadata={"env": "PUSHQ_WEBHOOK_INTERVAL"})
     # The status page at /admin answers only to this token (bearer, or its login cookie); None: /admin is off (404).
     admin_token: str | None = field(default=None, metadata={"env": "PUSHQ_ADMIN_TOKEN"})
 
@@ -241,6 +252,17 @@ class Settings:
                             ("PUSHQ_REVOKED_CLIENT_DAYS", self.revoked_client_days)):
             if value < 0:
                 raise ConfigError(f"{name} must be 0 (off) or more days")
+        for name, number in (("PUSHQ_WEBHOOK_MAX_ATTEMPTS", self.webhook_max_attempts),
+                             ("PUSHQ_WEBHOOK_BATCH_SIZE", self.webhook_batch_size)):
+            if number < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name, seconds in (("PUSHQ_WEBHOOK_DEADLINE_SECONDS", self.webhook_deadline_seconds),
+                              ("PUSHQ_WEBHOOK_INTERVAL", self.webhook_interval_seconds),
+                              ("PUSHQ_WEBHOOK_RETRY_BASE_SECONDS", self.webhook_retry_base_seconds)):
+            if seconds <= 0:
+                raise ConfigError(f"{name} must be more than 0 seconds")
+        if self.webhook_retry_max_seconds < self.webhook_retry_base_seconds or self.webhook_secret_overlap_seconds < 0:
+            raise ConfigError("PUSHQ_WEBHOOK_RETRY_MAX_SECONDS must be at least the base; the secret overlap 0 or more")
         if self.housekeeping_batch_size < 1 or self.housekeeping_max_batches < 1:
             raise ConfigError("PUSHQ_HOUSEKEEPING_BATCH_SIZE and PUSHQ_HOUSEKEEPING_MAX_BATCHES must be at least 1")
         if self.revoked_client_days and self.revoked_client_days * 86_400 <= self.token_lifetime_seconds + self.jwt_leeway_seconds:

@@ -43,6 +43,7 @@ from shared.models import (
     NotificationStatus,
 )
 from shared.outcomes import MAX_REASON_CHARS, MAX_VENDOR_ID_CHARS, Outcome, OutcomeKind, clamp_delay, clean_text
+from shared.services import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,12 @@ def fan_out(
                 updated_at=now,
             )
         )
+        final_at_fan_out = [(n.id, n.app_id, n.user_id, status_of[n.id]) for n in fresh
+                            if status_of[n.id] != NotificationStatus.SENDING.value]
+        if final_at_fan_out:  # no device, expired in the queue, or only unsupported platforms
+            subscribed = webhooks.subscribed_apps(session, {app for _, app, _, _ in final_at_fan_out})
+            webhooks.emit_notifications_completed(
+                session, [n for n in final_at_fan_out if n[1] in subscribed], now)
     if done_before:  # a redelivered fan-out: enqueue again what still waits
         pending.extend(
             session.execute(
@@ -482,29 +489,45 @@ def record_outcomes(
     dead = [(claimed, outcome) for claimed, outcome in results if outcome.disable_device]
     if dead:
         disable_devices(session, [(c.device_id, c.token_hash, clean_text(o.reason, MAX_REASON_CHARS) or "dead token")
-                                  for c, o in dead], now)
+                                  for c, o in dead], now,
+                        kinds={c.device_id: webhooks.DEAD_TOKEN if o.kind == OutcomeKind.DEAD_TOKEN
+                               else webhooks.EGRESS_REFUSED for c, o in dead})
     truncated = {claimed.notification_id for claimed, outcome in results if outcome.truncated}
     refresh_statuses(session, {claimed.notification_id for claimed, _ in results}, now, truncated=truncated)
     return written_count
 
 
-def disable_devices(session: Session, devices: Sequence[tuple[uuid.UUID, str, str]], now: datetime) -> int:
+def disable_devices(
+    session: Session, devices: Sequence[tuple[uuid.UUID, str, str]], now: datetime,
+    *, kinds: Mapping[uuid.UUID, str] | None = None,
+) -> int:
     """Disable devices whose tokens a vendor declared dead, in one statement.
 
     Each is conditional on the token still being the one that failed: a device
-    re-registered meanwhile with a new token stays active.
+    re-registered meanwhile with a new token stays active. Each device disabled
+    emits ``device.disabled`` (reason from ``kinds``, default dead token) to its
+    app's webhook, if it has one.
     """
     if not devices:
         return 0
-    return rows_affected(session.execute(
+    disabled = session.execute(
         update(Device)
         .where(
             tuple_(Device.id, Device.token_hash).in_([(device_id, token_hash) for device_id, token_hash, _ in devices]),
             Device.disabled_at.is_(None),
         )
         .values(disabled_at=now, disabled_reason=case(*((Device.id == device_id, reason) for device_id, _, reason in devices)))
+        .returning(Device.id, Device.app_id, Device.user_id, Device.platform, Device.disabled_reason,
+                   webhooks.has_webhook(Device.app_id))
         .execution_options(synchronize_session=False)
-    ))
+    ).all()
+    kinds = kinds or {}
+    webhooks.emit_devices_disabled(
+        session, [(row[0], row[1], row[2], row[3], kinds.get(row[0], webhooks.DEAD_TOKEN), row[4])
+                  for row in disabled if row[5]],
+        now, subscribed={row[1] for row in disabled if row[5]},
+    )
+    return len(disabled)
 
 
 def disable_device(session: Session, device_id: uuid.UUID, token_hash: str, reason: str, now: datetime) -> bool:
@@ -566,16 +589,31 @@ def refresh_statuses(
     ids = sorted(set(notification_ids))
     if not ids:
         return
-    session.execute(select(Notification.id).where(Notification.id.in_(ids)).order_by(Notification.id).with_for_update())
+    before: dict[uuid.UUID, str] = dict(session.execute(
+        select(Notification.id, Notification.status).where(Notification.id.in_(ids))
+        .order_by(Notification.id).with_for_update()
+    ).all())
     values: dict[str, Any] = {"status": _status_from_deliveries(), "updated_at": now}
     if truncated:
         values["truncated"] = case((Notification.id.in_(sorted(truncated)), True), else_=Notification.truncated)
-    session.execute(
+    after = session.execute(
         update(Notification)
         .where(Notification.id.in_(ids), exists().where(Delivery.notification_id == Notification.id))
         .values(**values)
+        .returning(Notification.id, Notification.app_id, Notification.user_id, Notification.status,
+                   webhooks.has_webhook(Notification.app_id))
         .execution_options(synchronize_session=False)
-    )
+    ).all()
+    # Final now and not before: notification.completed, once, for apps with a webhook (no statement otherwise).
+    completed = [(row[0], row[1], row[2], row[3]) for row in after
+                 if row[4] and row[3] in FINAL_STATUSES and before.get(row[0]) not in FINAL_STATUSES]
+    webhooks.emit_notifications_completed(session, completed, now)
+
+
+FINAL_STATUSES = frozenset(status.value for status in NotificationStatus) - {
+    NotificationStatus.QUEUED.value, NotificationStatus.SENDING.value, NotificationStatus.SCHEDULED.value,
+    NotificationStatus.CANCELLED.value,
+}
 
 
 def stale_queued_notifications(

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_PUSH_HOSTS",
     "EndpointRefused",
     "check_push_endpoint",
+    "check_webhook_url",
     "host_allowed",
     "is_public_address",
     "parse_host_patterns",
@@ -113,6 +114,32 @@ def check_push_endpoint(url: str, *, allow_http_loopback: bool = False, extra_ho
     ``allow_http_loopback`` (``PUSHQ_ALLOW_HTTP_ENDPOINTS``, development only) also
     ``http://`` to 127.0.0.1, localhost or [::1] on any port.
     """
+    host = _check_https_url(url, allow_http_loopback=allow_http_loopback)
+    if host is not None and not host_allowed(host, extra_hosts):
+        raise EndpointRefused(
+            "endpoint host is not a known push service (an operator can add it with PUSHQ_WEBPUSH_EXTRA_HOSTS)"
+        )
+
+
+def check_webhook_url(url: str, *, allow_http_loopback: bool = False) -> None:
+    """Refuse (:class:`EndpointRefused`) an outcome webhook URL pushq must not send to.
+
+    The Web Push rules without the push-service allowlist (a webhook is the
+    app's own server): ``https`` on port 443 to a host name, never an IP literal
+    or userinfo; the connection then goes only to public addresses
+    (:func:`is_public_address`, checked at connect time). ``allow_http_loopback``
+    as for Web Push (development only).
+    """
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        raise EndpointRefused(f"endpoint is longer than {MAX_WEBHOOK_URL_CHARS} characters")
+    _check_https_url(url, allow_http_loopback=allow_http_loopback)
+
+
+MAX_WEBHOOK_URL_CHARS = 2048
+
+
+def _check_https_url(url: str, *, allow_http_loopback: bool) -> str | None:
+    """The host of an https URL on 443 that names a host; None for an admitted http loopback URL."""
     if _UNSAFE_CHARACTERS.search(url):
         raise EndpointRefused("endpoint contains spaces, control characters or backslashes")
     if not url.isascii():
@@ -137,7 +164,7 @@ def check_push_endpoint(url: str, *, allow_http_loopback: bool = False, extra_ho
         raise EndpointRefused("endpoint has no host")
     if scheme == "http":
         if allow_http_loopback and host in LOOPBACK_HOSTS:
-            return
+            return None
         raise EndpointRefused("endpoint must be an https URL")
     if _is_ip_literal(host, bracketed=parts.netloc.startswith("[")):
         raise EndpointRefused("endpoint host must be a push service's name, not an IP address")
@@ -145,10 +172,7 @@ def check_push_endpoint(url: str, *, allow_http_loopback: bool = False, extra_ho
         raise EndpointRefused("endpoint port must be 443")
     if not _is_host_name(host):
         raise EndpointRefused("endpoint host is not a valid host name")
-    if not host_allowed(host, extra_hosts):
-        raise EndpointRefused(
-            "endpoint host is not a known push service (an operator can add it with PUSHQ_WEBPUSH_EXTRA_HOSTS)"
-        )
+    return host
 
 
 def is_public_address(address: object) -> bool:

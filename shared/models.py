@@ -283,7 +283,62 @@ class Delivery(Base):
     # The claim (one per claimed chunk) holding this delivery; outcomes are written only under it.
     claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     sent_at: Mapped[datetime | None] = mapped_column()
+    # Receipts from pushq's service worker (POST /push/receipts): first time shown, first click.
+    displayed_at: Mapped[datetime | None] = mapped_column()
+    clicked_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     notification: Mapped[Notification] = relationship(back_populates="deliveries", lazy="raise")
+
+
+class WebhookEndpoint(Base):
+    """An app's outcome webhook: where events go and the Standard Webhooks secret(s) signing them.
+
+    After a rotation the previous secret still signs (a second ``v1,`` signature)
+    until ``previous_secret_expires_at``, so receivers can switch without a gap.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(EncryptedText)  # whsec_..., encrypted at rest (shared.crypto)
+    previous_secret: Mapped[str | None] = mapped_column(EncryptedText)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
+    last_attempt_at: Mapped[datetime | None] = mapped_column()
+    last_success_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WebhookEventStatus(str, enum.Enum):
+    PENDING = "pending"  # waiting for its (next) attempt; claimed while claim_token is set
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # gave up after PUSHQ_WEBHOOK_MAX_ATTEMPTS attempts
+
+
+class WebhookEvent(Base):
+    """One event for an app's webhook (the outbox): written in the transaction of the change it reports."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index("ix_webhook_events_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_events_app_id_created_at", "app_id", "created_at"),
+        CheckConstraint(f"status IN ({_values(WebhookEventStatus)})", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)  # the stable event id
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=WebhookEventStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    claimed_at: Mapped[datetime | None] = mapped_column()
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    last_attempt_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

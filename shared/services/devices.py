@@ -15,6 +15,7 @@ from shared.errors import AppNotFound, DeviceNotFound
 from shared.guards import RegistrationLimiter
 from shared.models import Device, Enrollment, utcnow
 from shared.pagination import Page, keyset_page
+from shared.services import webhooks
 from shared.tokens import canonical_token
 
 UNREGISTERED = "unregistered"
@@ -134,11 +135,17 @@ def disable_devices_over_limit(
     ).all()
     excess = list(others[max(max_devices - 1, 0):])
     if excess:
-        session.execute(
+        disabled = session.execute(
             update(Device)
             .where(Device.id.in_(excess))
             .values(disabled_at=now, disabled_reason=REPLACED_DEVICE_LIMIT)
+            .returning(Device.id, Device.platform, webhooks.has_webhook(Device.app_id))
             .execution_options(synchronize_session=False)
+        ).all()
+        webhooks.emit_devices_disabled(
+            session, [(device_id, app_id, user_id, platform, webhooks.DEVICE_LIMIT, REPLACED_DEVICE_LIMIT)
+                      for device_id, platform, subscribed in disabled if subscribed],
+            now, subscribed={app_id},
         )
     return excess
 

@@ -193,3 +193,17 @@ def test_shared_imports_no_edge_package():
                           if name.split(".")[0] in {"api", "workers", "standins", "cli"}]
     assert offenders == []
     assert not Path(ROOT / "shared" / "cli.py").exists()
+
+
+def test_webhooks_set_show_rotate_events_remove(tenant):
+    app_id = str(tenant.id)
+    created = json.loads(pushq("webhooks", "set", app_id, "http://127.0.0.1:9/hook").output)
+    assert created["secret"].startswith("whsec_")
+    assert "refused" in pushq("webhooks", "set", app_id, "https://10.1.2.3/", ok=False).output
+    shown = json.loads(pushq("webhooks", "show", app_id).output)
+    assert shown["url"] == "http://127.0.0.1:9/hook" and "secret" not in shown and shown["last_error"] is None
+    rotated = json.loads(pushq("webhooks", "rotate-secret", app_id).output)
+    assert rotated["secret"] != created["secret"] and rotated["previous_secret_expires_at"]
+    assert pushq("webhooks", "events", app_id).output == ""
+    pushq("webhooks", "remove", app_id)
+    assert "No webhook endpoint" in pushq("webhooks", "show", app_id, ok=False).output
