@@ -52,6 +52,7 @@ def patient_send(principal: Principal, body: dict, **_):
         quota=state.quota,
         request_id=current_request_id(),
         send_at=body["send_at"],
+        options=body["options"],
     )
     count_accepted(1)  # once committed
     pending = [patient_push.SubscriptionResult(i, patient_push.PENDING, "") for i in started.subscription_ids]

@@ -7,6 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from api.option_schemas import WithOptions, option_fields
 from shared.models import DeliveryStatus, NotificationStatus, Platform
 from shared.services.sends import MAX_BODY_CHARS, MAX_RECIPIENTS, MAX_TITLE_CHARS, MAX_TTL_SECONDS
 
@@ -23,9 +24,10 @@ class ValidationErrorSchema(ErrorSchema):
     """Every 400: the error, plus what the particular error adds."""
 
     reason = fields.String(metadata={"description": "invalid_push_token: why the token does not fit its platform; "
-                                     "data_too_large: which platforms cannot carry the message, and why."})
+                                     "data_too_large / options_not_deliverable: which platforms cannot carry the "
+                                     "message, and why."})
     platforms = fields.List(fields.String(), metadata={
-        "description": "data_too_large: the targeted platforms (web, ios, android) that cannot carry the message "
+        "description": "data_too_large / options_not_deliverable: the targeted platforms (web, ios, android) that cannot carry the message "
                        "whatever the body's truncation (absent when the data alone exceeds 4096 bytes)."})
     user_ids = fields.List(fields.UUID(), metadata={"description": "user_not_enrolled: the users not enrolled."})
     # Last: from here on the class body's ``fields`` is this attribute, not the marshmallow module.
@@ -135,14 +137,15 @@ def _send_at() -> fields.AwareDateTime:
     )
 
 
-SEND_FIELDS = {"title": _title(), "body": _body(), "data": _data(), "ttl": _ttl(), **_options(), "send_at": _send_at()}
+SEND_FIELDS = {"title": _title(), "body": _body(), "data": _data(), "ttl": _ttl(), **_options(), "send_at": _send_at(),
+               **option_fields()}
 
 
-class SendRequest(Schema.from_dict({"user_id": fields.UUID(required=True), **SEND_FIELDS})):  # type: ignore[misc]
+class SendRequest(WithOptions.from_dict({"user_id": fields.UUID(required=True), **SEND_FIELDS})):  # type: ignore[misc]
     pass
 
 
-class BulkSendRequest(Schema.from_dict(dict(SEND_FIELDS))):  # type: ignore[misc]
+class BulkSendRequest(WithOptions.from_dict(dict(SEND_FIELDS))):  # type: ignore[misc]
     user_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(min=1, max=MAX_RECIPIENTS))
 
     @validates("user_ids")
@@ -190,12 +193,18 @@ class NotificationSchema(Schema):
     collapse_key = fields.String(allow_none=True, required=True)
     badge = fields.Integer(allow_none=True, required=True)
     sound = fields.String(allow_none=True, required=True)
+    options = fields.Method("_options", required=True, metadata={
+        "type": "object", "description": "The message options the send used (only those set; see docs/message-options.md)."})
     truncated = fields.Boolean(required=True, metadata={"description": "A vendor size limit forced the body to be shortened."})
     status = fields.String(required=True, validate=validate.OneOf([s.value for s in NotificationStatus]))
     created_at = fields.AwareDateTime(required=True)
     send_at = fields.AwareDateTime(required=True, allow_none=True, metadata={"description": "A scheduled send's time; null: at once."})
     expires_at = fields.AwareDateTime(required=True)
     deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
+
+
+    def _options(self, notification: Any) -> dict[str, Any]:
+        return notification.options or {}
 
 
 class EnrollRequest(Schema):
@@ -222,8 +231,12 @@ class PageQuery(Schema):
     cursor = fields.UUID(load_default=None)
 
 
-class PatientSendRequest(Schema):
-    """The contract's request body (field names as specified)."""
+# The options a web-only send can use (the others have no browser equivalent): named in camelCase like the contract.
+PATIENT_OPTIONS = ("silent", "interruption_level", "image", "group", "renotify", "actions", "webpush")
+
+
+class PatientSendRequest(WithOptions.from_dict(option_fields(camel_case=True, only=PATIENT_OPTIONS))):  # type: ignore[misc]
+    """The contract's request body (field names as specified), with message options as extensions."""
 
     patient_id = fields.UUID(required=True, data_key="patientId")
     title = _title()

@@ -60,6 +60,7 @@ def app_summary(app: App, settings: Settings, used: int | None) -> dict[str, Any
         "created_at": app.created_at.isoformat(),
         "daily_quota": app.daily_quota if app.daily_quota is not None else settings.default_daily_quota,
         "daily_quota_is_default": app.daily_quota is None,
+        "apns_critical_alerts": app.apns_critical_alerts,
         "quota_used_today": used,
         "web": {"vapid_public_key": app.vapid_public_key, "vapid_subject": app.vapid_subject},
         "apns": {"bundle_id": app.apns_bundle_id, "key_id": app.apns_key_id, "team_id": app.apns_team_id,
@@ -120,6 +121,22 @@ def set_quota_command(app_id: uuid.UUID, daily_quota: int | None, use_default: b
     with cli_session() as session:
         app = set_daily_quota(session, app_id, None if use_default else daily_quota)
         click.echo(f"daily quota of {app.id}: {'default' if app.daily_quota is None else app.daily_quota}")
+
+
+@apps.command("set-critical-alerts")
+@click.argument("app_id", type=click.UUID)
+@click.argument("state", type=click.Choice(["on", "off"]))
+@service_errors
+def set_critical_alerts_command(app_id: uuid.UUID, state: str) -> None:
+    """Say whether Apple granted APP_ID the critical-alerts entitlement (STATE on/off).
+
+    Sends with interruption_level "critical" to iOS are refused (400) unless it is on.
+    """
+    from shared.services.apps import set_apns_critical_alerts
+
+    with cli_session() as session:
+        app = set_apns_critical_alerts(session, app_id, state == "on")
+        click.echo(f"critical alerts of {app.id}: {'on' if app.apns_critical_alerts else 'off'}")
 
 
 @apps.command("rotate-vapid")

@@ -31,6 +31,10 @@ class DataTooLarge(ServiceError):
     status, code, message = 400, "data_too_large", "Data payload too large"
 
 
+class OptionsNotDeliverable(ServiceError):
+    status, code, message = 400, "options_not_deliverable", "Options cannot be delivered"
+
+
 class InvalidPushToken(ServiceError):
     status, code, message = 400, "invalid_push_token", "Invalid push token"
 

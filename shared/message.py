@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.message_options import NO_OPTIONS, Options
+
 # Built once: json.dumps with non-default options builds a new encoder per call (~5 us), and payloads are
 # encoded several times per send (once per platform at accept, again in the adapters).
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -47,6 +49,11 @@ class Message:
     badge: int | None = None
     sound: str | None = None
     platform: str | None = None  # fan out only to this platform (None: every platform)
+    options: Options = NO_OPTIONS  # presentation options (shared.message_options); column: JSON, NULL = none
+
+    @property
+    def silent(self) -> bool:
+        return self.options.silent
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -56,7 +63,9 @@ class Message:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Message:
         """The message held by a row (any mapping with the columns by name)."""
-        return cls(**{name: row[name] for name in _COLUMNS})
+        values = {name: row[name] for name in _COLUMNS}
+        values["options"] = Options.from_json(values["options"])
+        return cls(**values)
 
     @classmethod
     def accepted(cls, start: datetime, ttl: int, **content: Any) -> Message:
@@ -64,7 +73,9 @@ class Message:
         return cls(expires_at=start + timedelta(seconds=ttl), ttl=ttl, **content)
 
     def as_row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.columns()}
+        row = {name: getattr(self, name) for name in self.columns()}
+        row["options"] = self.options.as_json()
+        return row
 
     def remaining_ttl(self, now: datetime) -> int:
         """Seconds the vendor may still hold the message; computed at each push.
@@ -79,7 +90,11 @@ class Message:
         return max(math.ceil((self.expires_at - now).total_seconds()), 1)
 
     def payload(self, body: str | None = None) -> dict[str, Any]:
-        """The app-facing document (Web Push's push event data): title, body, data and url."""
+        """The app-facing document (Web Push's push event data): title, body, data and url.
+
+        The presentation options the service worker passes to ``showNotification``
+        are added by :func:`shared.vendor_payloads.webpush_payload`.
+        """
         document: dict[str, Any] = {"title": self.title, "body": self.body if body is None else body, "data": self.data}
         if self.url:
             document["url"] = self.url

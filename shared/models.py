@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -127,6 +128,8 @@ class App(Base):
     fcm_service_account: Mapped[str | None] = mapped_column(EncryptedText)
     # Notifications per UTC day (one per target user); None: PUSHQ_DEFAULT_DAILY_QUOTA.
     daily_quota: Mapped[int | None] = mapped_column(Integer)
+    # Apple's critical-alerts entitlement granted to the app: only then may a send ask for interruption_level critical.
+    apns_critical_alerts: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Moves whenever credentials change: workers key their per-process credential cache on it.
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -235,6 +238,8 @@ class Notification(Base):
     badge: Mapped[int | None] = mapped_column(Integer)
     sound: Mapped[str | None] = mapped_column(String(255))
     url: Mapped[str | None] = mapped_column(Text)
+    # Presentation options (shared.message_options.Options.as_json): NULL when the send used none.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Fan out only to devices of this platform (None: every platform).
     platform: Mapped[str | None] = mapped_column(String(16))
     # Set when a vendor's size limit forced the body to be shortened.

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.message import Message, compact_json
+from shared.message_options import merge
 from shared.payloads import ELLIPSIS, PayloadTooLarge, fit_body
 from shared.platforms import APNS_MAX_PAYLOAD_BYTES, FCM_MAX_MESSAGE_BYTES, WEBPUSH_MAX_PLAINTEXT_BYTES
 
@@ -45,27 +46,108 @@ FCM_RESERVED_PREFIXES = ("google", "gcm")
 # -- Web Push --------------------------------------------------------------------------------
 
 
+class NotDeliverable(Exception):
+    """This platform cannot carry this kind of message at all (a silent push to a browser)."""
+
+
+SILENT_WEB = ("silent push not sent to a browser: browsers show a notification for every push "
+              "(silent pushes reach iOS and Android devices only)")
+# interruption_level -> Web Push Urgency (RFC 8030 5.3); without one, priority decides (high / normal).
+WEBPUSH_URGENCY = {"passive": "low", "active": "normal", "time-sensitive": "high", "critical": "high"}
+
+
+def webpush_document(message: Message, body: str | None = None) -> dict[str, Any]:
+    """What the service worker reads: title, body, data, url, and what it passes to ``showNotification``.
+
+    ``image``, ``tag`` (the group), ``renotify``, ``actions`` (``action``, ``title``
+    and the ``url`` that button opens) and the allowlisted ``webpush`` override keys
+    (``icon``, ``badge``, ``dir``, ``lang``, ``requireInteraction``, ``silent``,
+    ``vibrate``, ``timestamp``) sit beside title and body.
+    """
+    options = message.options
+    if options.silent:
+        raise NotDeliverable(SILENT_WEB)
+    document = message.payload(body)
+    if options.image:
+        document["image"] = options.image
+    if options.group:
+        document["tag"] = options.group
+        if options.renotify:
+            document["renotify"] = True
+    if options.actions:
+        document["actions"] = [{"action": a.id, "title": a.title, **({"url": a.url} if a.url else {})}
+                               for a in options.actions]
+    return merge(document, options.webpush)
+
+
 def webpush_payload(message: Message, body: str | None = None) -> bytes:
     """The JSON a service worker receives in its push event (``url`` to open on click)."""
-    return compact_json(message.payload(body))
+    return compact_json(webpush_document(message, body))
+
+
+def webpush_urgency(message: Message) -> str:
+    """The ``Urgency`` header: from the interruption level when given, else from the priority."""
+    level = message.options.interruption_level
+    if level:
+        return WEBPUSH_URGENCY[level]
+    return "high" if message.priority == "high" else "normal"
 
 
 # -- APNs ------------------------------------------------------------------------------------
 
 
 def apns_message(content: Message, body: str | None = None) -> dict[str, Any]:
-    """The APNs payload: ``aps`` for the system, ``data`` and ``url`` for the app."""
-    aps: dict[str, Any] = {"alert": {"title": content.title, "body": content.body if body is None else body}}
-    if content.badge is not None:
-        aps["badge"] = content.badge
-    if content.sound is not None:
-        aps["sound"] = content.sound
-    message: dict[str, Any] = {"aps": aps}
+    """The APNs payload: ``aps`` for the system, ``data`` and ``url`` (and ``image``) for the app.
+
+    A silent push is ``aps: {content-available: 1}`` alone (Apple refuses a
+    background push with an alert, sound or badge). An image sets
+    ``mutable-content`` so the app's notification service extension can fetch the
+    top-level ``image`` URL. The ``apns`` override is merged last (allowlisted keys
+    of ``aps`` and ``aps.alert`` only).
+    """
+    options = content.options
+    if options.silent:
+        message: dict[str, Any] = {"aps": {"content-available": 1}}
+    else:
+        alert: dict[str, Any] = {"title": content.title, "body": content.body if body is None else body}
+        if options.title_loc_key:
+            alert["title-loc-key"] = options.title_loc_key
+            if options.title_loc_args:
+                alert["title-loc-args"] = list(options.title_loc_args)
+        if options.body_loc_key:
+            alert["loc-key"] = options.body_loc_key
+            if options.body_loc_args:
+                alert["loc-args"] = list(options.body_loc_args)
+        aps: dict[str, Any] = {"alert": alert}
+        if content.badge is not None:
+            aps["badge"] = content.badge
+        if options.interruption_level == "critical":  # a critical alert plays its sound through mute
+            aps["sound"] = {"critical": 1, "name": content.sound or "default", "volume": 1.0}
+        elif content.sound is not None:
+            aps["sound"] = content.sound
+        for key, value in (("interruption-level", options.interruption_level),
+                           ("relevance-score", options.relevance_score), ("thread-id", options.group),
+                           ("category", options.category), ("mutable-content", 1 if options.image else None)):
+            if value is not None:
+                aps[key] = value
+        message = {"aps": aps}
     if content.data:
         message["data"] = content.data
     if content.url:
         message["url"] = content.url
-    return message
+    if options.image and not options.silent:
+        message["image"] = options.image
+    return merge(message, options.apns)
+
+
+def apns_push_type(content: Message) -> str:
+    """The ``apns-push-type`` header: ``background`` for a silent push, else ``alert``."""
+    return "background" if content.options.silent else "alert"
+
+
+def apns_priority(content: Message) -> int:
+    """The ``apns-priority`` header: 10 for a high-priority alert; 5 otherwise (Apple requires 5 for background)."""
+    return 10 if content.priority == "high" and not content.options.silent else 5
 
 
 def apns_payload(content: Message, body: str | None = None) -> bytes:
@@ -100,33 +182,49 @@ def fcm_reserved_keys(data: Iterable[str]) -> list[str]:
     return [key for key in data if key in FCM_RESERVED_KEYS or key.startswith(FCM_RESERVED_PREFIXES)]
 
 
+# interruption_level -> FCM android.notification.notification_priority
+FCM_NOTIFICATION_PRIORITY = {"passive": "PRIORITY_LOW", "active": "PRIORITY_DEFAULT",
+                             "time-sensitive": "PRIORITY_HIGH", "critical": "PRIORITY_MAX"}
+
+
 def fcm_message(content: Message, now: datetime, body: str | None = None) -> dict[str, Any]:
     """The HTTP v1 ``message`` object without its target: what FCM counts against its limit.
 
     ``android.ttl`` is the TTL left at ``now``; it only shrinks as time passes,
     so a message measured at accept is never smaller than the one pushed later.
+    A silent push is a data message: no ``notification`` and no
+    ``android.notification``. The ``fcm`` override is merged last (allowlisted keys).
     """
+    options = content.options
     android: dict[str, Any] = {
         "ttl": f"{min(content.remaining_ttl(now), FCM_MAX_TTL_SECONDS)}s",
         "priority": "HIGH" if content.priority == "high" else "NORMAL",
     }
     if content.collapse_key:
         android["collapse_key"] = content.collapse_key
-    android_notification: dict[str, Any] = {}
-    if content.sound:
-        android_notification["sound"] = content.sound
-    if content.badge is not None:
-        android_notification["notification_count"] = content.badge
-    if android_notification:
-        android["notification"] = android_notification
-    message: dict[str, Any] = {
-        "notification": {"title": content.title, "body": content.body if body is None else body},
-        "android": android,
-    }
+    message: dict[str, Any] = {}
+    if not options.silent:
+        notification: dict[str, Any] = {"title": content.title, "body": content.body if body is None else body}
+        if options.image:
+            notification["image"] = options.image
+        message["notification"] = notification
+        android_notification: dict[str, Any] = {}
+        for key, value in (
+            ("sound", content.sound or None), ("notification_count", content.badge), ("tag", options.group),
+            ("click_action", options.category),
+            ("notification_priority", FCM_NOTIFICATION_PRIORITY.get(options.interruption_level or "")),
+            ("title_loc_key", options.title_loc_key), ("title_loc_args", list(options.title_loc_args) or None),
+            ("body_loc_key", options.body_loc_key), ("body_loc_args", list(options.body_loc_args) or None),
+        ):
+            if value is not None:
+                android_notification[key] = value
+        if android_notification:
+            android["notification"] = android_notification
+    message["android"] = android
     data = fcm_data(content)
     if data:
         message["data"] = data
-    return message
+    return merge(message, options.fcm)
 
 
 def fcm_payload(content: Message, now: datetime, body: str | None = None) -> bytes:
@@ -184,6 +282,8 @@ def refusals(message: Message, platforms: Iterable[str], now: datetime) -> list[
     body = message.body if len(message.body) <= len(ELLIPSIS.encode()) and \
         len(compact_json(message.body)) < len(compact_json(ELLIPSIS)) else ELLIPSIS
     for platform in platforms:
+        if platform == WEB and message.silent:
+            continue  # never pushed to a browser (shared.option_rules: refused when the only target)
         if platform == ANDROID:
             reserved = fcm_reserved_keys(message.data or {})
             if reserved:
@@ -199,7 +299,32 @@ def refusals(message: Message, platforms: Iterable[str], now: datetime) -> list[
 
 
 __all__ = [
-    "ANDROID", "FCM_RESERVED_KEYS", "FCM_RESERVED_PREFIXES", "IOS", "LIMITS", "PLATFORMS", "WEB", "PayloadTooLarge",
-    "Refusal", "apns_message", "apns_payload", "builder", "fcm_data", "fcm_message", "fcm_payload",
-    "fcm_reserved_keys", "fcm_with_token", "fit", "refusals", "webpush_payload",
+    "ANDROID",
+    "FCM_NOTIFICATION_PRIORITY",
+    "FCM_RESERVED_KEYS",
+    "FCM_RESERVED_PREFIXES",
+    "IOS",
+    "LIMITS",
+    "PLATFORMS",
+    "SILENT_WEB",
+    "WEB",
+    "WEBPUSH_URGENCY",
+    "NotDeliverable",
+    "PayloadTooLarge",
+    "Refusal",
+    "apns_message",
+    "apns_payload",
+    "apns_priority",
+    "apns_push_type",
+    "builder",
+    "fcm_data",
+    "fcm_message",
+    "fcm_payload",
+    "fcm_reserved_keys",
+    "fcm_with_token",
+    "fit",
+    "refusals",
+    "webpush_document",
+    "webpush_payload",
+    "webpush_urgency",
 ]

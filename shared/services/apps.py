@@ -138,6 +138,19 @@ def set_daily_quota(session: Session, app_id: uuid.UUID, daily_quota: int | None
     return app
 
 
+def set_apns_critical_alerts(session: Session, app_id: uuid.UUID, enabled: bool) -> App:
+    """Record whether Apple granted the app the critical-alerts entitlement.
+
+    Only then does a send to iOS with ``interruption_level: critical`` pass the
+    accept check; without the entitlement Apple would deliver it as an ordinary
+    alert, which is the silent misbehaviour the check prevents.
+    """
+    app = get_app(session, app_id)
+    app.apns_critical_alerts = enabled
+    session.flush()
+    return app
+
+
 def rotate_vapid_key(session: Session, app_id: uuid.UUID) -> App:
     """Give the app a new VAPID key pair; returns the app with its new public key.
 

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.guards import QuotaDecision, QuotaPolicy
+from shared.message_options import NO_OPTIONS, Options
 from shared.models import Delivery, DeliveryStatus, Device, Platform, utcnow
 from shared.outcome_bus import WAIT_SLOT_GRACE_SECONDS, wait_for_outcomes, wait_slot
 from shared.services.patients import resolve_person
@@ -56,6 +57,7 @@ def start_patient_send(
     url: str | None,
     default_ttl: int,
     send_at: datetime | None = None,
+    options: Options = NO_OPTIONS,
     enqueue: Enqueue,
     quota: QuotaPolicy | None = None,
     request_id: str | None = None,
@@ -75,7 +77,7 @@ def start_patient_send(
         )
     )
     request = SendRequest(user_id=person_id, title=title, body=body, url=url, platform=Platform.WEB.value,
-                          send_at=send_at)
+                          send_at=send_at, options=options)
     accepted = create_notifications(
         session,
         app_id,

@@ -12,10 +12,12 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from shared.db import after_commit, after_rollback
-from shared.errors import DataTooLarge, ServiceError, UserNotEnrolled
+from shared.errors import DataTooLarge, OptionsNotDeliverable, ServiceError, UserNotEnrolled
 from shared.guards import QuotaDecision, QuotaPolicy
 from shared.message import Message, compact_json
+from shared.message_options import NO_OPTIONS, Options
 from shared.models import App, Notification, NotificationStatus, utcnow
+from shared.option_rules import needs_critical_entitlement, option_refusals
 from shared.services.enrollments import not_enrolled
 from shared.vendor_payloads import PLATFORMS, refusals
 
@@ -45,6 +47,7 @@ class SendRequest:
     url: str | None = None
     platform: str | None = None  # restrict the fan-out to one platform
     send_at: datetime | None = None  # fan out no earlier than this (aware); None or past: at once
+    options: Options = NO_OPTIONS  # presentation options (shared.message_options)
 
     def scheduled(self, now: datetime) -> bool:
         """Whether this send waits in the database for its ``send_at``."""
@@ -73,7 +76,7 @@ def targets(request: SendRequest) -> tuple[str, ...]:
     return (request.platform,) if request.platform else PLATFORMS
 
 
-def check_payload(request: SendRequest, now: datetime, default_ttl: int) -> None:
+def check_payload(request: SendRequest, now: datetime, default_ttl: int, critical_allowed: bool = False) -> None:
     """Refuse what some targeted platform could not carry, so an accepted send can reach every device.
 
     The data is bounded by the contract's 4 KB first; then each target's payload
@@ -86,7 +89,12 @@ def check_payload(request: SendRequest, now: datetime, default_ttl: int) -> None
     size = data_size(request.data)
     if size > MAX_DATA_BYTES:
         raise DataTooLarge(reason=f"data is {size} bytes; at most {MAX_DATA_BYTES}")
-    refused = refusals(request.message(now, default_ttl), targets(request), now)
+    message = request.message(now, default_ttl)
+    refused = option_refusals(message, targets(request), critical_allowed=critical_allowed)
+    if refused:
+        raise OptionsNotDeliverable(reason="; ".join(f"{r.platform}: {r.reason}" for r in refused),
+                                    platforms=[r.platform for r in refused])
+    refused = refusals(message, targets(request), now)
     if refused:
         raise DataTooLarge(reason="; ".join(f"{r.platform}: {r.reason}" for r in refused),
                            platforms=[r.platform for r in refused])
@@ -128,12 +136,15 @@ def create_notifications(
     """
     now = utcnow()
     checked: set[tuple[Any, ...]] = set()
+    critical_allowed = False
+    if any(needs_critical_entitlement(request.options, targets(request)) for request in requests):
+        critical_allowed = bool(session.scalar(select(App.apns_critical_alerts).where(App.id == app_id)))
     for request in requests:
         check_send_at(request, now)  # first: a message built from a send_at beyond the maximum may not exist
-        # A bulk shares one content and data object: build and measure its payloads once.
-        key = (*(getattr(request, name) for name in _CONTENT), id(request.data))
+        # A bulk shares one content, data and options object: build and measure its payloads once.
+        key = (*(getattr(request, name) for name in _CONTENT), id(request.data), id(request.options))
         if key not in checked:
-            check_payload(request, now, default_ttl)
+            check_payload(request, now, default_ttl, critical_allowed)
             checked.add(key)
     missing = not_enrolled(session, app_id, [request.user_id for request in requests]) if require_enrollment else []
     if missing:

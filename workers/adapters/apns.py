@@ -22,7 +22,7 @@ from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge
 from shared.platforms import APNS_MAX_PAYLOAD_BYTES, APNS_TOKEN
-from shared.vendor_payloads import IOS, fit
+from shared.vendor_payloads import IOS, apns_priority, apns_push_type, fit
 from workers.adapters.base import (
     AppCredentials,
     ChunkInterrupted,
@@ -146,9 +146,9 @@ class ApnsAdapter:
             message=json.loads(payload),
             notification_id=str(delivery.delivery_id),
             time_to_live=content.remaining_ttl(now),
-            priority=PRIORITY_HIGH if content.priority == "high" else PRIORITY_NORMAL,
+            priority=apns_priority(content),
             collapse_key=content.collapse_key or None,
-            push_type=PushType.ALERT,
+            push_type=PushType(apns_push_type(content)),
             payload=payload,
         )
         return request, truncated

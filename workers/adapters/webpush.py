@@ -33,7 +33,7 @@ from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge
 from shared.platforms import WEBPUSH_MAX_PLAINTEXT_BYTES
-from shared.vendor_payloads import WEB, fit
+from shared.vendor_payloads import WEB, NotDeliverable, fit, webpush_urgency
 from workers.adapters.base import (
     AppCredentials,
     ChunkInterrupted,
@@ -241,6 +241,8 @@ class WebPushAdapter:
             payload, truncated = fit(WEB, message)  # as the API measured it at accept
         except PayloadTooLarge as exc:
             return Outcome.rejected(f"payload too large for Web Push: {exc}")
+        except NotDeliverable as exc:
+            return Outcome.rejected(str(exc))
         try:
             subscription = Subscription(delivery.token)
         except (ValueError, KeyError, TypeError) as exc:
@@ -261,7 +263,7 @@ class WebPushAdapter:
             now = self.clock()
             headers = {
                 "TTL": str(message.remaining_ttl(now)),  # at the push, not when the chunk was claimed
-                "Urgency": "high" if message.priority == "high" else "normal",
+                "Urgency": webpush_urgency(message),
                 "Content-Encoding": "aes128gcm",
                 "Content-Type": "application/octet-stream",
                 "Authorization": self.vapid.authorization(app, subscription.origin, now.timestamp()),
