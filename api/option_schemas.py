@@ -1,7 +1,7 @@
 """The message options every send endpoint takes (marshmallow fields), parsed into one ``Options`` value.
 
 Each field's description says what each vendor receives; the full table is
-docs/message-options.md. Rules about one value are here (lengths, https images,
+docs/api.md "Message options". Rules about one value are here (lengths, https images,
 the overrides' allowlist); combinations no vendor can honour are
 ``shared.message_options.conflicts``; what depends on the targeted platforms
 and the app (a silent push to a browser, critical alerts) is checked at accept

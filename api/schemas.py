@@ -194,7 +194,7 @@ class NotificationSchema(Schema):
     badge = fields.Integer(allow_none=True, required=True)
     sound = fields.String(allow_none=True, required=True)
     options = fields.Method("_options", required=True, metadata={
-        "type": "object", "description": "The message options the send used (only those set; see docs/message-options.md)."})
+        "type": "object", "description": "The message options the send used (only those set; see docs/api.md, Message options)."})
     truncated = fields.Boolean(required=True, metadata={"description": "A vendor size limit forced the body to be shortened."})
     status = fields.String(required=True, validate=validate.OneOf([s.value for s in NotificationStatus]))
     created_at = fields.AwareDateTime(required=True)

@@ -8,7 +8,7 @@ defaults; NULL when nothing does) and rendered by each vendor's builder in
 collapse, priority, the alert's title and body, the data) is not in it, and none of
 them becomes an HTTP header, so an override cannot inject one.
 
-What each option becomes for each vendor: docs/message-options.md.
+What each option becomes for each vendor: docs/api.md "Message options".
 """
 
 from __future__ import annotations
