@@ -222,6 +222,16 @@ class Settings:
         soft = (waves + 1) * self.push_deadline
         return soft, soft + self.push_deadline
 
+    @property
+    def webhook_time_limits(self) -> tuple[float, float]:
+        """Celery (soft, hard) time limits of a webhook task: its one POST's deadline plus margins to record it."""
+        return self.webhook_deadline_seconds + 5, self.webhook_deadline_seconds + 10
+
+    @property
+    def webhook_lease_seconds(self) -> float:
+        """How long a claimed webhook batch is held: past its task's hard limit, with time to wait in its queue."""
+        return self.webhook_time_limits[1] + 60
+
     def _validate_security_limits(self) -> None:
         """The egress allowlist, device cap, token-endpoint throttle and service-token claim (README "Security")."""
         from shared.egress import parse_host_patterns

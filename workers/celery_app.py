@@ -12,9 +12,11 @@ from workers.broker import is_amqp
 
 FANOUT_QUEUE = "fanout"
 MAINTENANCE_QUEUE = "maintenance"
+# Outcome webhooks: their own queue and time limits, so a slow or dead endpoint never delays a push.
+WEBHOOKS_QUEUE = "webhooks"
 # One queue per vendor so operators can size a worker pool per vendor.
 PLATFORM_QUEUES = {"web": "webpush", "ios": "apns", "android": "fcm"}
-ALL_QUEUES = (FANOUT_QUEUE, *PLATFORM_QUEUES.values(), MAINTENANCE_QUEUE)
+ALL_QUEUES = (FANOUT_QUEUE, *PLATFORM_QUEUES.values(), MAINTENANCE_QUEUE, WEBHOOKS_QUEUE)
 
 # Task names are part of the wire format between API, scheduler and workers.
 FANOUT_TASK = "pushq.fanout"
@@ -22,6 +24,8 @@ DELIVER_TASK = "pushq.deliver"
 SWEEP_TASK = "pushq.sweep"
 RELEASE_SCHEDULED_TASK = "pushq.release_scheduled"
 HOUSEKEEPING_TASK = "pushq.housekeeping"
+RELEASE_WEBHOOKS_TASK = "pushq.release_webhooks"
+DELIVER_WEBHOOKS_TASK = "pushq.deliver_webhooks"
 
 
 def queue_options(broker_url: str) -> dict[str, Any]:
@@ -49,12 +53,17 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_queues=[Queue(name, **queue_options(broker_url)) for name in ALL_QUEUES],
         task_default_queue=FANOUT_QUEUE,
-        task_routes={name: {"queue": MAINTENANCE_QUEUE} for name in (SWEEP_TASK, RELEASE_SCHEDULED_TASK, HOUSEKEEPING_TASK)},
+        task_routes={
+            **{name: {"queue": MAINTENANCE_QUEUE}
+               for name in (SWEEP_TASK, RELEASE_SCHEDULED_TASK, HOUSEKEEPING_TASK, RELEASE_WEBHOOKS_TASK)},
+            DELIVER_WEBHOOKS_TASK: {"queue": WEBHOOKS_QUEUE},
+        },
         # A chunk's worst case (pushes bounded by the push deadline) stays under these, and
         # the claim lease is longer than the hard limit (Settings.validate), so no live
         # worker's deliveries are ever claimed by another.
         task_annotations={
             DELIVER_TASK: dict(zip(("soft_time_limit", "time_limit"), settings.deliver_time_limits)),
+            DELIVER_WEBHOOKS_TASK: dict(zip(("soft_time_limit", "time_limit"), settings.webhook_time_limits)),
         },
         # A task is acknowledged only after it ran, and re-queued if its worker
         # died, so a SIGKILLed worker loses nothing; the tasks are safe to run twice.
@@ -81,6 +90,9 @@ def make_celery(settings: Settings) -> Celery:
             # Celery ETA), so a retry goes out about a second after its next_attempt_at.
             "release-scheduled": {"task": RELEASE_SCHEDULED_TASK, "schedule": settings.schedule_interval_seconds,
                                   "options": {"expires": max(settings.schedule_interval_seconds * 2, 2.0)}},
+            # Due webhook events: claimed per app and handed to the webhooks queue.
+            "release-webhooks": {"task": RELEASE_WEBHOOKS_TASK, "schedule": settings.webhook_interval_seconds,
+                                 "options": {"expires": max(settings.webhook_interval_seconds * 2, 2.0)}},
             "housekeeping": {"task": HOUSEKEEPING_TASK, "schedule": settings.housekeeping_interval_seconds,
                              "options": {"expires": settings.housekeeping_interval_seconds}},
         },

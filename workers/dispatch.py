@@ -17,7 +17,14 @@ from celery import Celery
 from shared.delivery import Chunk
 from shared.observability.context import task_headers
 from workers.broker import now_timestamp
-from workers.celery_app import DELIVER_TASK, FANOUT_QUEUE, FANOUT_TASK, PLATFORM_QUEUES
+from workers.celery_app import (
+    DELIVER_TASK,
+    DELIVER_WEBHOOKS_TASK,
+    FANOUT_QUEUE,
+    FANOUT_TASK,
+    PLATFORM_QUEUES,
+    WEBHOOKS_QUEUE,
+)
 
 
 class Dispatcher:
@@ -40,3 +47,8 @@ class Dispatcher:
                 DELIVER_TASK, args=[chunk.platform, [str(i) for i in chunk.delivery_ids]], headers=task_headers(request_ids),
                 kwargs={"enqueued_at": now_timestamp()}, queue=PLATFORM_QUEUES[chunk.platform],
             )
+
+    def enqueue_webhooks(self, claims: Iterable[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        """One webhook task per claimed batch (app id, claim token), on the webhooks queue."""
+        for app_id, claim_token in claims:
+            self.celery.send_task(DELIVER_WEBHOOKS_TASK, args=[str(app_id), str(claim_token)], queue=WEBHOOKS_QUEUE)

@@ -31,19 +31,23 @@ from shared.observability.context import current_request_ids, set_request_ids
 from shared.outcome_bus import publish_outcomes
 from shared.outcomes import Outcome
 from shared.services import housekeeping, idempotency, scheduled
+from shared.webhook_outbox import WebhookPolicy, claim_due_batches, load_batch, record_attempt
 from workers.adapters.base import ChunkInterrupted
 from workers.broker import probe_queues, publish_backlog, record_progress
 from workers.celery_app import (
     DELIVER_TASK,
+    DELIVER_WEBHOOKS_TASK,
     FANOUT_QUEUE,
     FANOUT_TASK,
     HOUSEKEEPING_TASK,
     PLATFORM_QUEUES,
     RELEASE_SCHEDULED_TASK,
+    RELEASE_WEBHOOKS_TASK,
     SWEEP_TASK,
 )
 from workers.metrics import record_chunk
-from workers.runtime import runtime
+from workers.runtime import WorkerRuntime, runtime
+from workers.webhook_sender import post_batch
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +225,52 @@ def housekeep(self: Task) -> None:
     did_something = report.notifications_deleted or report.devices_disabled or report.clients_deleted
     log.log(logging.INFO if did_something else logging.DEBUG, "housekeeping: %d notifications deleted, %d devices disabled, %d revoked clients deleted",
              report.notifications_deleted, report.devices_disabled, report.clients_deleted)
+
+
+def _webhook_policy(rt: WorkerRuntime) -> WebhookPolicy:
+    s = rt.settings
+    return WebhookPolicy(max_attempts=s.webhook_max_attempts, retry_base_seconds=s.webhook_retry_base_seconds,
+                         retry_max_seconds=s.webhook_retry_max_seconds, batch_size=s.webhook_batch_size,
+                         lease_seconds=s.webhook_lease_seconds)
+
+
+@shared_task(name=RELEASE_WEBHOOKS_TASK, bind=True)
+def release_webhooks(self: Task) -> None:
+    """The scheduler's webhook tick: claim one batch per app with due events, one webhook task per batch.
+
+    The claim commits before the enqueue, so the next tick leaves the batch alone
+    while its task waits or runs; a lost task's claim runs out and is taken again.
+    """
+    rt = runtime(self.app)
+    policy = _webhook_policy(rt)
+
+    def work(session: Session) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        claims = claim_due_batches(session, utcnow(), policy)
+        after_commit(session, lambda: rt.dispatcher.enqueue_webhooks(claims))
+        return claims
+
+    claims = run_in_transaction(rt.session_factory, work)
+    if claims:
+        log.info("released webhook batches for %d apps", len(claims))
+
+
+@shared_task(name=DELIVER_WEBHOOKS_TASK, bind=True)
+def deliver_webhooks(self: Task, app_id: str, claim_token: str) -> None:
+    """POST one claimed batch to its app's endpoint and record the attempt (on the webhooks queue only)."""
+    rt = runtime(self.app)
+    s = rt.settings
+    policy = _webhook_policy(rt)
+    batch = run_in_transaction(rt.session_factory,
+                               lambda session: load_batch(session, uuid.UUID(app_id), uuid.UUID(claim_token), utcnow()))
+    if batch is None:
+        return
+    try:
+        error = post_batch(batch, utcnow(), deadline=s.webhook_deadline_seconds,
+                           allow_http_loopback=s.allow_http_endpoints)
+    except SoftTimeLimitExceeded:
+        error = "no answer before the webhook task's time limit"
+    run_in_transaction(rt.session_factory, lambda session: record_attempt(session, batch, error, utcnow(), policy))
+    if error is None:
+        log.info("webhook: %d events delivered for app %s", len(batch.events), app_id)
+    else:
+        log.info("webhook: %d events not delivered for app %s: %s", len(batch.events), app_id, error)

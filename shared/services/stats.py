@@ -33,6 +33,7 @@ from shared.models import (
     NotificationStatus,
     Platform,
 )
+from shared.services.outcome_stats import ReceiptRates, WebhookStatus, receipt_rates, webhook_status
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -96,6 +97,8 @@ class AppStatus:
     quota: QuotaUsage
     rates: list[VendorRate]
     recent: list[Notification]
+    webhook: WebhookStatus | None = None
+    receipts: ReceiptRates = field(default_factory=ReceiptRates)
 
 
 def notification_status_order() -> list[str]:
@@ -205,6 +208,7 @@ def app_overview(
     counts = notification_counts(session, now)
     devices = devices_by_platform(session)
     rates = delivery_rates(session, now)
+    webhooks, receipts = webhook_status(session), receipt_rates(session, now)
     apps = session.execute(select(App.id, App.name, App.daily_quota).order_by(App.name, App.id)).all()
     return [
         AppStatus(
@@ -215,6 +219,8 @@ def app_overview(
             quota=QuotaUsage(used=quota.used(app_id, now), limit=default_daily_quota if daily_quota is None else daily_quota),
             rates=rates.get(app_id, []),
             recent=recent_notifications(session, app_id, recent),
+            webhook=webhooks.get(app_id),
+            receipts=receipts.get(app_id, ReceiptRates()),
         )
         for app_id, name, daily_quota in apps
     ]
