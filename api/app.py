@@ -13,6 +13,7 @@ from api.auth import RevokedClients, TokenVerifier
 from api.errors import register_error_handlers
 from api.request_session import discard_session, finish_session
 from shared import crypto
+from shared.backlog import BackpressureReader
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.guards import ClientAuthFailureLimiter, DailyQuota, QuotaPolicy, RegistrationLimiter
@@ -34,6 +35,7 @@ class PushqState:
     registration_limiter: RegistrationLimiter
     client_auth_limiter: ClientAuthFailureLimiter
     token_hash_slots: threading.BoundedSemaphore  # scrypt runs at once in this process (PUSHQ_TOKEN_HASH_CONCURRENCY)
+    backpressure: BackpressureReader  # the send answers' backlog headers, read once a second
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings.token_failure_window_seconds,
         ),
         token_hash_slots=threading.BoundedSemaphore(settings.token_hash_concurrency),
+        backpressure=BackpressureReader(guards_redis, settings.backpressure_threshold),
     )
 
     from api.health import bp as health_bp

@@ -49,6 +49,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import get_default_algorithms
 
+from api.token_cache import VerifiedToken, VerifiedTokens
 from shared.config import ConfigError, Settings
 from shared.token_signing import (
     ServiceTokenRule,
@@ -291,6 +292,7 @@ class TokenVerifier:
         self._own = signing if signing is not None and signing.kid is not None else None
         self.service_rule = ServiceTokenRule.from_settings(settings)
         self.revoked_clients = revoked_clients
+        self.verified = VerifiedTokens()  # a token is verified once per process, then reused until its exp
 
     def verify(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
@@ -298,6 +300,9 @@ class TokenVerifier:
         token = authorization[len("Bearer ") :].strip()
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise AuthError("empty or oversized token")
+        cached = self.verified.get(token)
+        if cached is not None:
+            return self._not_revoked(cached.principal, cached.client_id)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -320,6 +325,12 @@ class TokenVerifier:
             raise AuthError(str(exc)) from None
         principal = principal_from_claims(claims, self.service_rule)
         client_id = claims.get("client_id")
+        self._not_revoked(principal, client_id)
+        exp = claims["exp"]  # required, and PyJWT checked it is a number
+        self.verified.put(token, VerifiedToken(principal, client_id, float(exp) + self.settings.jwt_leeway_seconds))
+        return principal
+
+    def _not_revoked(self, principal: Principal, client_id: Any) -> Principal:
         if principal.is_service and client_id is not None and self.revoked_clients is not None \
                 and client_id in self.revoked_clients:
             raise AuthError("the token's OAuth client is revoked")

@@ -28,7 +28,6 @@ from api.schemas import (
     SendRequest,
     StatusResponse,
 )
-from shared.backlog import backpressure_headers
 from shared.errors import DeviceNotFound, EnrollmentNotFound, NotificationNotFound
 from shared.models import utcnow
 from shared.services import devices, enrollments, notifications, scheduled, sends
@@ -97,7 +96,7 @@ def _create(principal: Principal, requests: list[sends.SendRequest]) -> tuple[li
     )
     count_accepted(len(accepted.notification_ids))  # once committed
     headers = accepted.quota.headers(utcnow()) if accepted.quota else {}
-    headers.update(backpressure_headers(pushq.redis, pushq.settings.backpressure_threshold))
+    headers.update(pushq.backpressure.headers())
     return accepted.notification_ids, headers
 
 

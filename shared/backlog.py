@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -142,6 +144,26 @@ def try_sweep_lock(session: Session) -> bool:
     if session.get_bind().dialect.name != "postgresql":
         return True
     return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _SWEEP_LOCK_KEY}))
+
+
+class BackpressureReader:
+    """The backpressure headers, read from Redis at most once per ``max_age_seconds`` per process.
+
+    The backlog is measured by the sweep every ``PUSHQ_SWEEP_INTERVAL``; reading it on
+    every send was a Redis round trip per request for a value that changes twice a minute.
+    """
+
+    def __init__(self, client: redis.Redis, threshold: int, max_age_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._client, self._threshold, self._max_age, self._clock = client, threshold, max_age_seconds, clock
+        self._headers: dict[str, str] = {}
+        self._read_at: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        now = self._clock()
+        if self._read_at is None or now - self._read_at >= self._max_age:
+            self._headers, self._read_at = backpressure_headers(self._client, self._threshold), now
+        return dict(self._headers)
 
 
 def backpressure_headers(client: redis.Redis, threshold: int) -> dict[str, str]:

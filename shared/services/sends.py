@@ -18,6 +18,7 @@ from shared.message import Message, compact_json
 from shared.message_options import NO_OPTIONS, Options
 from shared.models import App, Notification, NotificationStatus, utcnow
 from shared.option_rules import needs_critical_entitlement, option_refusals
+from shared.services.accept_insert import content_fragment, insert_enrolled, rows_document
 from shared.services.enrollments import not_enrolled
 from shared.vendor_payloads import PLATFORMS, refusals
 
@@ -135,33 +136,81 @@ def create_notifications(
     It takes from the quota of the day it was accepted, not of its ``send_at``.
     """
     now = utcnow()
-    checked: set[tuple[Any, ...]] = set()
     critical_allowed = False
     if any(needs_critical_entitlement(request.options, targets(request)) for request in requests):
         critical_allowed = bool(session.scalar(select(App.apns_critical_alerts).where(App.id == app_id)))
-    for request in requests:
+    # A bulk shares one content, data and options object: build, measure and serialise it once.
+    content_keys = [_content_key(request) for request in requests]
+    first_of: dict[tuple[Any, ...], SendRequest] = {}
+    for request, key in zip(requests, content_keys, strict=True):
         check_send_at(request, now)  # first: a message built from a send_at beyond the maximum may not exist
-        # A bulk shares one content, data and options object: build and measure its payloads once.
-        key = (*(getattr(request, name) for name in _CONTENT), id(request.data), id(request.options))
-        if key not in checked:
+        if key not in first_of:
             check_payload(request, now, default_ttl, critical_allowed)
-            checked.add(key)
-    missing = not_enrolled(session, app_id, [request.user_id for request in requests]) if require_enrollment else []
-    if missing:
-        raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
+            first_of[key] = request
+    ids = [uuid.uuid4() for _ in requests]
+    statuses = {key: (NotificationStatus.SCHEDULED if request.scheduled(now) else NotificationStatus.QUEUED).value
+                for key, request in first_of.items()}
+    if require_enrollment and session.get_bind().dialect.name == "postgresql":
+        own_limit = _insert_enrolled_postgresql(session, app_id, requests, ids, content_keys, first_of, statuses,
+                                                now=now, default_ttl=default_ttl, notify_outcomes=notify_outcomes,
+                                                request_id=request_id)
+    else:
+        own_limit = _insert_portable(session, app_id, requests, ids, content_keys, statuses, now=now,
+                                     default_ttl=default_ttl, require_enrollment=require_enrollment,
+                                     notify_outcomes=notify_outcomes, request_id=request_id)
     decision = None
     if quota is not None:
-        # Only the quota column: loading the App would decrypt every credential it holds.
-        own_limit = session.scalar(select(App.daily_quota).where(App.id == app_id))
+        # Taken once the rows are in (a refusal rolls them back with the request): all or nothing.
         limit = own_limit if own_limit is not None else quota.default_limit
         decision = quota.counter.reserve(app_id, len(requests), limit, now)
         after_rollback(session, lambda: quota.counter.refund(app_id, len(requests), now))
+    queued = [row_id for row_id, key in zip(ids, content_keys, strict=True)
+              if statuses[key] == NotificationStatus.QUEUED.value]
+    if queued:
+        after_commit(session, lambda: enqueue(queued))  # one signal or fan-out task for the whole request
+    return Accepted(ids, decision)
+
+
+def _content_key(request: SendRequest) -> tuple[Any, ...]:
+    """Requests with equal keys share one message (data and options by identity: a bulk's one object each)."""
+    return (*(getattr(request, name) for name in _CONTENT), id(request.data), id(request.options))
+
+
+def _insert_enrolled_postgresql(
+    session: Session, app_id: uuid.UUID, requests: Sequence[SendRequest], ids: Sequence[uuid.UUID],
+    content_keys: Sequence[tuple[Any, ...]], first_of: dict[tuple[Any, ...], SendRequest], statuses: dict[Any, str],
+    *, now: datetime, default_ttl: int, notify_outcomes: bool, request_id: str | None,
+) -> int | None:
+    """One statement: insert, check enrollment and read the app's own quota (:mod:`accept_insert`)."""
+    fragments = {key: content_fragment(statuses[key], request.send_at, request.message(now, default_ttl))
+                 for key, request in first_of.items()}
+    document = rows_document([(row_id, request.user_id, fragments[key])
+                              for row_id, request, key in zip(ids, requests, content_keys, strict=True)])
+    inserted, own_limit = insert_enrolled(session, app_id, document, now=now, notify_outcomes=notify_outcomes,
+                                          request_id=request_id)
+    if inserted != len(requests):  # someone is not enrolled: name them (the request is rolled back)
+        missing = not_enrolled(session, app_id, [request.user_id for request in requests])
+        raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
+    return own_limit
+
+
+def _insert_portable(
+    session: Session, app_id: uuid.UUID, requests: Sequence[SendRequest], ids: Sequence[uuid.UUID],
+    content_keys: Sequence[tuple[Any, ...]], statuses: dict[Any, str],
+    *, now: datetime, default_ttl: int, require_enrollment: bool, notify_outcomes: bool, request_id: str | None,
+) -> int | None:
+    """Any database (SQLite for ``make run``): the enrollment check, the app's quota, one multi-row INSERT."""
+    missing = not_enrolled(session, app_id, [request.user_id for request in requests]) if require_enrollment else []
+    if missing:
+        raise UserNotEnrolled(user_ids=[str(user_id) for user_id in missing])
+    # Only the quota column: loading the App would decrypt every credential it holds.
+    own_limit = session.scalar(select(App.daily_quota).where(App.id == app_id))
     rows = [
         {
-            "id": uuid.uuid4(),
+            "id": row_id,
             "app_id": app_id,
             "user_id": request.user_id,
-            "status": (NotificationStatus.SCHEDULED if request.scheduled(now) else NotificationStatus.QUEUED).value,
+            "status": statuses[key],
             "send_at": request.send_at,
             "notify_outcomes": notify_outcomes,
             "request_id": request_id,
@@ -169,12 +218,7 @@ def create_notifications(
             "updated_at": now,
             **request.message(now, default_ttl).as_row(),
         }
-        for request in requests
+        for row_id, request, key in zip(ids, requests, content_keys, strict=True)
     ]
-    # One multi-row INSERT for the whole request (SQLAlchemy's insertmanyvalues).
-    session.execute(insert(Notification), rows)
-    ids = [row["id"] for row in rows]
-    queued = [row["id"] for row in rows if row["status"] == NotificationStatus.QUEUED.value]
-    if queued:
-        after_commit(session, lambda: enqueue(queued))  # one fan-out task for the whole request
-    return Accepted(ids, decision)
+    session.execute(insert(Notification), rows)  # one multi-row INSERT (SQLAlchemy's insertmanyvalues)
+    return own_limit

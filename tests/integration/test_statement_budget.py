@@ -87,9 +87,26 @@ def test_accepting_a_bulk_costs_the_same_statements_for_50_and_500_users(client,
             accept_bulk(client, tenant, users[:size])
         counts.append(statements)
     assert counts[0] == counts[1]
-    # enrollment check, the app's quota, one multi-row INSERT; the commit is not a statement here
-    assert len(counts[1]) <= 4, counts[1]
-    assert counts[1].count("INSERT") == 1
+    # One statement checks enrollment, inserts every row and reads the app's quota; the commit is not one here
+    assert counts[1] == ["WITH"], counts[1]
+
+
+def test_accepting_a_single_send_or_a_mixed_batch_is_one_statement(client, tenant, session_factory, api_engine):
+    users = add_users_with_devices(session_factory, tenant, 50, 0)
+    accept_bulk(client, tenant, users[:5])  # warm: connection, caches
+    with counted(api_engine) as single:
+        response = client.post("/push/send", headers=tenant.service_headers(),
+                               json={"user_id": str(users[0]), "title": "t", "body": "b"})
+        assert response.status_code == 200, response.get_json()
+    batches = []
+    for size in (5, 50):
+        with counted(api_engine) as statements:
+            response = client.post("/push/send/batch", headers=tenant.service_headers(), json={"notifications": [
+                {"user_id": str(u), "title": f"t{i}", "body": "b", "data": {"n": i}} for i, u in enumerate(users[:size])]})
+            assert response.status_code == 200, response.get_json()
+        batches.append(statements)
+    assert single == ["WITH"], single
+    assert batches[0] == batches[1] == ["WITH"], batches
 
 
 def fan_out_statements(engine, session_factory, ids) -> list[str]:
