@@ -26,7 +26,10 @@ What it checks, in this order (each failure answers ``{"reason": ...}``):
    ``apns-*`` header given twice (400 ``DuplicateHeaders``).
 4. Payload: empty → 400 ``PayloadEmpty``; over 4096 bytes (5120 for voip) →
    413 ``PayloadTooLarge``; not a JSON object → 400 ``BadPayload`` (this one is
-   the stand-in's own: Apple documents no reason for malformed JSON).
+   the stand-in's own: Apple documents no reason for malformed JSON); a
+   ``background`` push whose ``aps`` is not ``content-available: 1`` alone
+   without ``alert``, ``sound`` or ``badge`` → 400 ``InvalidPushType`` (Apple
+   throttles or drops such pushes; the stand-in refuses them so a test notices).
 5. Then the behaviour set with ``set_behavior()`` for that device token (or for
    ``"*"``, every token): an error reason, a delay (a stalled stream), both, or
    the default: 200 with the message recorded.
@@ -567,6 +570,8 @@ class ApnsStandin:
             return refuse("BadPayload")
         if not isinstance(payload, dict):
             return refuse("BadPayload")
+        if push_type == "background" and not _background_payload(payload):
+            return refuse("InvalidPushType")
 
         # The request is well formed: now the configured behaviour.
         with self._lock:
@@ -610,6 +615,12 @@ class ApnsStandin:
     def _record(self, message: ApnsMessage) -> None:
         with self._lock:
             self._messages.setdefault(message.device_token, []).append(message)
+
+
+def _background_payload(payload: dict) -> bool:
+    """Whether a background push's payload is one: ``aps.content-available`` 1 and nothing the user would see."""
+    aps = payload.get("aps")
+    return isinstance(aps, dict) and aps.get("content-available") == 1 and not {"alert", "sound", "badge"} & set(aps)
 
 
 class _ApnsServerProtocol(asyncio.Protocol):

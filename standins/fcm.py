@@ -202,12 +202,13 @@ _ANDROID_NOTIFICATION = {
     "sticky": "bool",
     "event_time": "string",
     "local_only": "bool",
-    "notification_priority": "string",
+    "notification_priority": ("PRIORITY_UNSPECIFIED", "PRIORITY_MIN", "PRIORITY_LOW", "PRIORITY_DEFAULT",
+                              "PRIORITY_HIGH", "PRIORITY_MAX"),
     "default_sound": "bool",
     "default_vibrate_timings": "bool",
     "default_light_settings": "bool",
     "vibrate_timings": "list_duration",
-    "visibility": "string",
+    "visibility": ("VISIBILITY_UNSPECIFIED", "PRIVATE", "PUBLIC", "SECRET"),
     "notification_count": "int",
     "light_settings": "object",
     "image": "string",
@@ -294,6 +295,10 @@ def _check_object(path: str, value: Any, schema: dict) -> dict[str, Any]:
 def _check_value(path: str, value: Any, kind: Any) -> Any:
     if isinstance(kind, dict):
         return _check_object(path, value, kind)
+    if isinstance(kind, tuple):  # a proto enum: one of its names
+        if value not in kind:
+            raise _invalid_field(path, f"Invalid value at '{path}', {json.dumps(value)}: not one of {', '.join(kind)}")
+        return value
     if kind == "string":
         if not isinstance(value, str):
             raise _type_error(path, "TYPE_STRING", value)

@@ -458,6 +458,13 @@ def test_httpx_success_generates_upper_case_apns_id(standin, http):
     ({"apns_priority": "high"}, 400, "BadPriority"),
     ({"apns_push_type": "background", "apns_priority": "10"}, 400, "BadPriority"),
     ({"apns_push_type": "carrier-pigeon"}, 400, "InvalidPushType"),
+    ({"apns_push_type": "background", "apns_priority": "5"}, 400, "InvalidPushType"),  # aps has an alert
+    ({"apns_push_type": "background", "apns_priority": "5",
+      "payload": {"aps": {"content-available": 1, "badge": 1}}}, 400, "InvalidPushType"),
+    ({"apns_push_type": "background", "apns_priority": "5",
+      "payload": {"aps": {"content-available": 1, "sound": "x"}}}, 400, "InvalidPushType"),
+    ({"apns_push_type": "background", "apns_priority": "5", "payload": {"aps": {}, "data": {}}}, 400,
+     "InvalidPushType"),
     ({"apns_expiration": "tomorrow"}, 400, "BadExpirationDate"),
     ({"apns_collapse_id": "c" * 65}, 400, "BadCollapseId"),
     ({"apns_id": "not-a-uuid"}, 400, "BadMessageId"),
