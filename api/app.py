@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         backpressure=BackpressureReader(guards_redis, settings.backpressure_threshold),
     )
 
+    from api.broadcast_views import bp as broadcasts_bp
     from api.health import bp as health_bp
     from api.oauth import bp as oauth_bp
     from api.openapi import bp as openapi_bp
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.webhook_views import bp as webhooks_bp
 
     app.register_blueprint(push_bp)
+    app.register_blueprint(broadcasts_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(patients_bp)
     app.register_blueprint(health_bp)

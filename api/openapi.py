@@ -16,7 +16,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint
 
 from api.endpoints import ENDPOINTS, EndpointSpec
-from api.schemas import ErrorSchema, ValidationErrorSchema
+from api.schemas import ErrorSchema, QuotaErrorSchema, ValidationErrorSchema
 
 bp = Blueprint("openapi", __name__)
 
@@ -76,7 +76,8 @@ def _operation(spec: EndpointSpec) -> dict[str, Any]:
         if headers:
             responses[str(status)]["headers"] = headers
     for status, description in sorted({**_implicit_errors(spec), **spec.errors}.items()):
-        error_schema = ValidationErrorSchema if status == 400 else ErrorSchema
+        error_schema = (ValidationErrorSchema if status == 400
+                        else QuotaErrorSchema if status == 429 and spec.quota else ErrorSchema)
         responses[str(status)] = {"description": description, "content": {"application/json": {"schema": error_schema}}}
         if status == 429:
             responses[str(status)]["headers"] = {

@@ -37,6 +37,14 @@ class ValidationErrorSchema(ErrorSchema):
     )
 
 
+class QuotaErrorSchema(ErrorSchema):
+    """A 429 of an operation that takes from the daily quota; a broadcast's also names its numbers."""
+
+    audience_size = fields.Integer(metadata={"description": "Broadcasts: users in the audience (what it would take)."})
+    quota_limit = fields.Integer(metadata={"description": "Broadcasts: the app's daily quota."})
+    quota_remaining = fields.Integer(metadata={"description": "Broadcasts: what is left of it today."})
+
+
 class RegisterDeviceRequest(Schema):
     app_id = fields.UUID(required=True)
     platform = fields.String(required=True, validate=validate.OneOf([p.value for p in Platform]))

@@ -74,6 +74,8 @@ class Settings:
     # Pushes in flight at once per push-service origin, within one worker process.
     push_concurrency: int = field(default=32, metadata={"env": "PUSHQ_PUSH_CONCURRENCY"})
     delivery_chunk_size: int = field(default=100, metadata={"env": "PUSHQ_DELIVERY_CHUNK_SIZE"})
+    # Devices a broadcast's fan-out step pages at most (one transaction, then its chunks are enqueued).
+    broadcast_page_size: int = field(default=1000, metadata={"env": "PUSHQ_BROADCAST_PAGE_SIZE"})
     # A queued notification not fanned out after this long is re-enqueued by the sweeper.
     sweep_after_seconds: int = field(default=60, metadata={"env": "PUSHQ_SWEEP_AFTER_SECONDS"})
     sweep_interval_seconds: float = field(default=30.0, metadata={"env": "PUSHQ_SWEEP_INTERVAL"})
@@ -183,6 +185,8 @@ class Settings:
             raise ConfigError("HS* algorithms cannot be combined with JWT_PUBLIC_KEY or JWT_JWKS_URL")
         if asymmetric and not (self.jwt_public_key or self.jwt_jwks_url):
             raise ConfigError(f"{sorted(asymmetric)} need JWT_PUBLIC_KEY or JWT_JWKS_URL")
+        if self.broadcast_page_size < 1:
+            raise ConfigError("PUSHQ_BROADCAST_PAGE_SIZE must be at least 1")
         if self.delivery_chunk_size < 1:
             raise ConfigError("PUSHQ_DELIVERY_CHUNK_SIZE must be at least 1")
         self._validate_security_limits()

@@ -30,11 +30,11 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, exists, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
+from shared.broadcast_status import complete_broadcasts
 from shared.db import rows_affected
 from shared.db_upsert import dialect_insert
 from shared.message import Message
 from shared.models import (
-    OPEN_DELIVERY_STATUSES,
     App,
     Delivery,
     DeliveryStatus,
@@ -44,10 +44,10 @@ from shared.models import (
 )
 from shared.outcomes import MAX_REASON_CHARS, MAX_VENDOR_ID_CHARS, Outcome, OutcomeKind, clamp_delay, clean_text
 from shared.services import webhooks
+from shared.statuses import OPEN
 
 log = logging.getLogger(__name__)
 
-OPEN = [status.value for status in OPEN_DELIVERY_STATUSES]
 _MESSAGE_COLUMNS = [getattr(Notification, name) for name in Message.columns()]
 
 
@@ -289,7 +289,8 @@ def claim_chunk(
     lease_cutoff = now - timedelta(seconds=lease_seconds)
     expired = and_(Notification.expires_at <= now, or_(Notification.ttl > 0, Delivery.attempts > 0))
     device_gone = Device.disabled_at.is_not(None)
-    other_owner = Device.user_id != Notification.user_id
+    # A broadcast's delivery names its recipient; any other delivery is for its notification's user.
+    other_owner = Device.user_id != func.coalesce(Delivery.user_id, Notification.user_id)
     re_registered = Delivery.device_generation != Device.generation
     exhausted = Delivery.attempts >= max_attempts
     pushable = and_(~expired, ~device_gone, ~other_owner, ~re_registered, ~exhausted)
@@ -535,23 +536,6 @@ def disable_device(session: Session, device_id: uuid.UUID, token_hash: str, reas
     return bool(disable_devices(session, [(device_id, token_hash, reason)], now))
 
 
-def aggregate_status(counts: dict[str, int]) -> str:
-    """A notification's status from its deliveries' status counts (the rule :func:`refresh_statuses` runs in SQL)."""
-    total = sum(counts.values())
-    if total == 0:
-        return NotificationStatus.NO_DEVICES.value
-    if any(counts.get(status, 0) for status in OPEN):
-        return NotificationStatus.SENDING.value
-    sent = counts.get(DeliveryStatus.SENT.value, 0)
-    if sent == total:
-        return NotificationStatus.DELIVERED.value
-    if sent:
-        return NotificationStatus.PARTIALLY_DELIVERED.value
-    if counts.get(DeliveryStatus.EXPIRED.value, 0) == total:
-        return NotificationStatus.EXPIRED.value
-    return NotificationStatus.FAILED.value
-
-
 def _status_from_deliveries() -> Any:
     """The SQL form of :func:`aggregate_status`, correlated to the notification being updated."""
     d = aliased(Delivery)
@@ -584,21 +568,27 @@ def refresh_statuses(
     cannot deadlock); the UPDATE that follows runs on a snapshot taken after the
     lock, so it counts every committed outcome of a concurrent worker and the
     last writer always writes the final status. Notifications without
-    deliveries keep the status fan-out gave them.
+    deliveries keep the status fan-out gave them. Broadcasts among them whose
+    last delivery just closed complete (:mod:`shared.broadcast_status`).
     """
     ids = sorted(set(notification_ids))
     if not ids:
         return
-    before: dict[uuid.UUID, str] = dict(session.execute(
-        select(Notification.id, Notification.status).where(Notification.id.in_(ids))
+    locked = session.execute(
+        select(Notification.id, Notification.status, Notification.user_id).where(Notification.id.in_(ids))
         .order_by(Notification.id).with_for_update()
-    ).all())
+    ).all()
+    before: dict[uuid.UUID, str] = {notification_id: status for notification_id, status, _ in locked}
+    # A broadcast's message (no user) has no status of its own to recount per chunk (its deliveries
+    # may be 100,000): it is checked for completion instead, under the same lock.
+    broadcasts = [notification_id for notification_id, _, user_id in locked if user_id is None]
     values: dict[str, Any] = {"status": _status_from_deliveries(), "updated_at": now}
     if truncated:
         values["truncated"] = case((Notification.id.in_(sorted(truncated)), True), else_=Notification.truncated)
     after = session.execute(
         update(Notification)
-        .where(Notification.id.in_(ids), exists().where(Delivery.notification_id == Notification.id))
+        .where(Notification.id.in_(ids), Notification.user_id.is_not(None),
+               exists().where(Delivery.notification_id == Notification.id))
         .values(**values)
         .returning(Notification.id, Notification.app_id, Notification.user_id, Notification.status,
                    webhooks.has_webhook(Notification.app_id))
@@ -608,6 +598,7 @@ def refresh_statuses(
     completed = [(row[0], row[1], row[2], row[3]) for row in after
                  if row[4] and row[3] in FINAL_STATUSES and before.get(row[0]) not in FINAL_STATUSES]
     webhooks.emit_notifications_completed(session, completed, now)
+    complete_broadcasts(session, broadcasts, now)
 
 
 FINAL_STATUSES = frozenset(status.value for status in NotificationStatus) - {

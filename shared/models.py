@@ -17,6 +17,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -98,6 +99,7 @@ class DeliveryStatus(str, enum.Enum):
     FAILED = "failed"  # attempts exhausted
     EXPIRED = "expired"  # ttl ran out before a successful attempt
     UNSUPPORTED = "unsupported"  # no adapter for the device's platform
+    CANCELLED = "cancelled"  # its broadcast was cancelled before it was pushed
 
 
 OPEN_DELIVERY_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.RETRYING)
@@ -215,7 +217,11 @@ class Device(Base):
 
 
 class Notification(Base):
-    """One message to one user of an app; fanned out to a delivery per active device."""
+    """One message to one user of an app; fanned out to a delivery per active device.
+
+    A broadcast's message is one notification without a user (``user_id`` None): its
+    content is stored once and each recipient's delivery names the user it is for.
+    """
 
     __tablename__ = "notifications"
     __table_args__ = (
@@ -228,7 +234,7 @@ class Notification(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # None: a broadcast's message (shared.broadcast_fanout)
     title: Mapped[str] = mapped_column(String(256))
     body: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -277,6 +283,8 @@ class Delivery(Base):
     notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notifications.id", ondelete="CASCADE"))
     device_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     platform: Mapped[str] = mapped_column(String(16))
+    # A broadcast's recipient (the device's user at fan-out); None: the notification's user.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # The device's generation when this delivery was created for the notification's user.
     device_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
@@ -347,3 +355,69 @@ class WebhookEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UserTag(Base):
+    """A tag of an enrolled user in an app: broadcasts select segments of users by their tags."""
+
+    __tablename__ = "user_tags"
+    __table_args__ = (
+        ForeignKeyConstraint(["app_id", "user_id"], ["enrollments.app_id", "enrollments.user_id"], ondelete="CASCADE"),
+        Index("ix_user_tags_app_id_tag_user_id", "app_id", "tag", "user_id"),
+    )
+
+    app_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class BroadcastStatus(str, enum.Enum):
+    SCHEDULED = "scheduled"  # waits for its send_at
+    SENDING = "sending"  # fanning out and delivering
+    COMPLETED = "completed"  # fanned out, every delivery final
+    CANCELLED = "cancelled"  # stopped: what was not pushed never will be
+
+
+class Broadcast(Base):
+    """One message to an audience of an app (everyone enrolled, or a tag segment), fanned out in pages.
+
+    The message is one notification without a user (``notification_id``); every
+    recipient device gets a delivery of it. The fan-out's keyset cursor over the
+    audience's devices is committed with each page's deliveries, so a killed worker's
+    successor resumes exactly where the last committed page ended.
+    """
+
+    __tablename__ = "broadcasts"
+    __table_args__ = (
+        Index("ix_broadcasts_app_id_created_at", "app_id", "created_at"),
+        Index("ix_broadcasts_status_next_step_at", "status", "next_step_at"),
+        CheckConstraint(f"status IN ({_values(BroadcastStatus)})", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notifications.id", ondelete="CASCADE"), unique=True)
+    # The audience: users having every tag of tags_all and at least one of tags_any (None: no condition),
+    # devices of these platforms (None: every platform).
+    tags_all: Mapped[list[str] | None] = mapped_column(JSON)
+    tags_any: Mapped[list[str] | None] = mapped_column(JSON)
+    platforms: Mapped[list[str] | None] = mapped_column(JSON)
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer)  # deliveries released per minute (None: no limit)
+    audience_size: Mapped[int] = mapped_column(Integer)  # users in the audience at accept (what the quota took)
+    status: Mapped[str] = mapped_column(String(16))
+    send_at: Mapped[datetime | None] = mapped_column()
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    # The fan-out's progress: the last (user_id, device_id) paged, deliveries created, when done.
+    cursor_user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    cursor_device_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    deliveries_created: Mapped[int] = mapped_column(Integer, default=0)
+    fanned_out_at: Mapped[datetime | None] = mapped_column()
+    # When the next page is due, and the token of the one step task allowed to take it.
+    next_step_at: Mapped[datetime | None] = mapped_column()
+    step_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # Counts per delivery status, frozen when the broadcast ends.
+    final_counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

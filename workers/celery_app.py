@@ -20,6 +20,7 @@ ALL_QUEUES = (FANOUT_QUEUE, *PLATFORM_QUEUES.values(), MAINTENANCE_QUEUE, WEBHOO
 
 # Task names are part of the wire format between API, scheduler and workers.
 FANOUT_TASK = "pushq.fanout"
+BROADCAST_STEP_TASK = "pushq.broadcast_step"
 DELIVER_TASK = "pushq.deliver"
 SWEEP_TASK = "pushq.sweep"
 RELEASE_SCHEDULED_TASK = "pushq.release_scheduled"

@@ -18,6 +18,7 @@ from shared.delivery import Chunk
 from shared.observability.context import task_headers
 from workers.broker import now_timestamp
 from workers.celery_app import (
+    BROADCAST_STEP_TASK,
     DELIVER_TASK,
     DELIVER_WEBHOOKS_TASK,
     FANOUT_QUEUE,
@@ -52,3 +53,11 @@ class Dispatcher:
         """One webhook task per claimed batch (app id, claim token), on the webhooks queue."""
         for app_id, claim_token in claims:
             self.celery.send_task(DELIVER_WEBHOOKS_TASK, args=[str(app_id), str(claim_token)], queue=WEBHOOKS_QUEUE)
+
+    def enqueue_broadcast_step(self, broadcast_id: uuid.UUID, step_token: uuid.UUID, *, countdown: float = 0.0,
+                               request_ids: Sequence[str] = ()) -> None:
+        """The next page of a broadcast's fan-out; ``countdown`` (seconds, short: a rate's time slice) paces it."""
+        self.celery.send_task(
+            BROADCAST_STEP_TASK, args=[str(broadcast_id), str(step_token)], headers=task_headers(request_ids),
+            kwargs={"enqueued_at": now_timestamp()}, queue=FANOUT_QUEUE, countdown=countdown or None,
+        )

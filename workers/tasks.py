@@ -14,6 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
+from shared import broadcast_fanout
 from shared.backlog import lost_before, queued_deliveries, try_sweep_lock
 from shared.db import after_commit, run_in_transaction, session_scope
 from shared.delivery import (
@@ -35,6 +36,7 @@ from shared.webhook_outbox import WebhookPolicy, claim_due_batches, load_batch, 
 from workers.adapters.base import ChunkInterrupted
 from workers.broker import probe_queues, publish_backlog, record_progress
 from workers.celery_app import (
+    BROADCAST_STEP_TASK,
     DELIVER_TASK,
     DELIVER_WEBHOOKS_TASK,
     FANOUT_QUEUE,
@@ -45,6 +47,7 @@ from workers.celery_app import (
     RELEASE_WEBHOOKS_TASK,
     SWEEP_TASK,
 )
+from workers.dispatch import Dispatcher
 from workers.metrics import record_chunk
 from workers.runtime import WorkerRuntime, runtime
 from workers.webhook_sender import post_batch
@@ -70,6 +73,34 @@ def fanout(self: Task, notification_ids: list[str] | str, enqueued_at: float | N
     chunks = run_in_transaction(rt.session_factory, work)
     log.info("fanned out %d notifications into %d chunks (%d deliveries)",
              len(ids), len(chunks), sum(len(c.delivery_ids) for c in chunks))
+    record_progress(rt.redis, FANOUT_QUEUE, enqueued_at, 0)
+
+
+@shared_task(name=BROADCAST_STEP_TASK, bind=True)
+def broadcast_step(self: Task, broadcast_id: str, step_token: str, enqueued_at: float | None = None) -> None:
+    """One page of a broadcast's fan-out: its deliveries and cursor in one commit, then its chunks and
+    the next step (paced by the broadcast's rate) are enqueued; after the last page, the completion check."""
+    rt = runtime(self.app)
+    s = rt.settings
+    bid, token = uuid.UUID(broadcast_id), uuid.UUID(step_token)
+
+    def work(session: Session) -> broadcast_fanout.Step:
+        step = broadcast_fanout.fan_out_step(session, bid, token, utcnow(), rt.adapters.keys(),
+                                             s.broadcast_page_size, s.delivery_chunk_size)
+        request_ids = current_request_ids()
+        after_commit(session, lambda: rt.dispatcher.enqueue_chunks(step.chunks, request_ids=request_ids))
+        if step.next_in_seconds is not None:
+            after_commit(session, lambda: rt.dispatcher.enqueue_broadcast_step(
+                bid, token, countdown=step.next_in_seconds or 0.0, request_ids=request_ids))
+        return step
+
+    step = run_in_transaction(rt.session_factory, work)
+    if step.fanned_out:
+        run_in_transaction(rt.session_factory,
+                           lambda session: broadcast_fanout.complete_if_over(session, bid, utcnow()))
+    if step.created or step.fanned_out:
+        log.info("broadcast %s: %d deliveries in %d chunks%s", bid, step.created, len(step.chunks),
+                 ", fanned out" if step.fanned_out else "")
     record_progress(rt.redis, FANOUT_QUEUE, enqueued_at, 0)
 
 
@@ -169,12 +200,20 @@ def sweep(self: Task) -> None:
         chunks = release_due_deliveries(session, now, s.sweep_after_seconds, s.claim_lease_seconds,
                                         s.delivery_chunk_size, lost_before=lost)
         idempotency.purge_expired(session, now, s.idempotency_ttl_seconds)
+        broadcast_steps = broadcast_fanout.lost_steps(session, now, s.sweep_after_seconds)
         queued = queued_deliveries(session)
+        after_commit(session, lambda: _enqueue_steps(rt.dispatcher, broadcast_steps))
         after_commit(session, lambda: rt.dispatcher.enqueue_fanout(notifications))
         after_commit(session, lambda: rt.dispatcher.enqueue_chunks(chunks))
     publish_backlog(rt.redis, queued)
-    if notifications or chunks:
-        log.info("sweep re-enqueued %d notifications, %d delivery chunks", len(notifications), len(chunks))
+    if notifications or chunks or broadcast_steps:
+        log.info("sweep re-enqueued %d notifications, %d delivery chunks, %d broadcast steps",
+                 len(notifications), len(chunks), len(broadcast_steps))
+
+
+def _enqueue_steps(dispatcher: Dispatcher, steps: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+    for broadcast_id, token in steps:
+        dispatcher.enqueue_broadcast_step(broadcast_id, token)
 
 
 @shared_task(name=RELEASE_SCHEDULED_TASK, bind=True)
@@ -200,6 +239,15 @@ def release_scheduled(self: Task) -> None:
             break
     if released:
         log.info("released %d scheduled notifications", released)
+
+    def broadcasts(session: Session) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        steps = broadcast_fanout.release_due(session, utcnow())
+        after_commit(session, lambda: _enqueue_steps(rt.dispatcher, steps))
+        return steps
+
+    started = run_in_transaction(rt.session_factory, broadcasts)
+    if started:
+        log.info("started %d scheduled broadcasts", len(started))
 
     def retries(session: Session) -> list[Chunk]:
         chunks = release_due_retries(session, utcnow(), rt.settings.delivery_chunk_size)

@@ -16,7 +16,8 @@ def get_notification(session: Session, app_id: uuid.UUID, notification_id: uuid.
     """The app's notification with its deliveries; another app's is "not found"."""
     notification = session.scalars(
         select(Notification)
-        .where(Notification.id == notification_id, Notification.app_id == app_id)
+        # A broadcast's message (no user) is read through its broadcast.
+        .where(Notification.id == notification_id, Notification.app_id == app_id, Notification.user_id.is_not(None))
         .options(selectinload(Notification.deliveries))
     ).one_or_none()
     if notification is None:
@@ -34,7 +35,7 @@ def list_notifications(
     status: str | None = None,
 ) -> Page[Notification]:
     """The app's notifications, newest first, optionally for one user or in one status."""
-    query = select(Notification).where(Notification.app_id == app_id)
+    query = select(Notification).where(Notification.app_id == app_id, Notification.user_id.is_not(None))
     if user_id is not None:
         query = query.where(Notification.user_id == user_id)
     if status is not None:

@@ -77,7 +77,10 @@ def targets(request: SendRequest) -> tuple[str, ...]:
     return (request.platform,) if request.platform else PLATFORMS
 
 
-def check_payload(request: SendRequest, now: datetime, default_ttl: int, critical_allowed: bool = False) -> None:
+def check_payload(
+    request: SendRequest, now: datetime, default_ttl: int, critical_allowed: bool = False,
+    platforms: Sequence[str] | None = None,
+) -> None:
     """Refuse what some targeted platform could not carry, so an accepted send can reach every device.
 
     The data is bounded by the contract's 4 KB first; then each target's payload
@@ -85,17 +88,18 @@ def check_payload(request: SendRequest, now: datetime, default_ttl: int, critica
     measured with the body cut as far as the truncation rule goes. A body that
     is merely long is fine (it is cut with "…" and ``truncated`` flagged); title,
     data and url are never cut, so a message they alone make too big is refused,
-    naming the platforms and why.
+    naming the platforms and why. ``platforms`` overrides the targets (a broadcast's filter).
     """
     size = data_size(request.data)
     if size > MAX_DATA_BYTES:
         raise DataTooLarge(reason=f"data is {size} bytes; at most {MAX_DATA_BYTES}")
     message = request.message(now, default_ttl)
-    refused = option_refusals(message, targets(request), critical_allowed=critical_allowed)
+    targeted = platforms or targets(request)
+    refused = option_refusals(message, targeted, critical_allowed=critical_allowed)
     if refused:
         raise OptionsNotDeliverable(reason="; ".join(f"{r.platform}: {r.reason}" for r in refused),
                                     platforms=[r.platform for r in refused])
-    refused = refusals(message, targets(request), now)
+    refused = refusals(message, targeted, now)
     if refused:
         raise DataTooLarge(reason="; ".join(f"{r.platform}: {r.reason}" for r in refused),
                            platforms=[r.platform for r in refused])

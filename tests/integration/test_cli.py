@@ -104,6 +104,25 @@ def test_users_enroll_devices_unenroll_and_import(session_factory, tenant, tmp_p
     assert pushq("users", "import-patients", str(tenant.id), str(csv_file)).output.strip() == "imported 1 mapping(s)"
 
 
+def test_users_tags_set_show_and_import(tenant, tmp_path):
+    users = [uuid.uuid4() for _ in range(3)]
+    pushq("users", "enroll", str(tenant.id), *map(str, users))
+    app, first = str(tenant.id), str(users[0])
+    assert pushq("users", "tags", app, first, "--set", "vip", "--set", "city:paris").output.split() == ["city:paris", "vip"]
+    assert pushq("users", "tags", app, first).output.split() == ["city:paris", "vip"]
+    assert pushq("users", "tags", app, first, "--clear").output == ""
+    assert pushq("users", "tags", app, str(uuid.uuid4()), ok=False).exit_code != 0  # not enrolled
+    csv_file = tmp_path / "tags.csv"
+    csv_file.write_text("user_id,tags\n" + "".join(f"{user},gym member\n" for user in users))
+    assert pushq("users", "import-tags", app, str(csv_file)).output.strip() == "imported 6 tag(s) of 3 user(s)"
+    assert pushq("users", "tags", app, str(users[2])).output.split() == ["gym", "member"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"user_id,tags\n{users[0]},ok\n{users[1]},{'x' * 65}\n")
+    refused = pushq("users", "import-tags", app, str(bad), ok=False)
+    assert refused.exit_code != 0 and "line 3" in refused.output
+    assert pushq("users", "tags", app, first).output.split() == ["gym", "member"]  # nothing written
+
+
 def test_tokens_clients_and_credentials(tenant, session_factory, tmp_path):
     assert pushq("tokens", "user", str(uuid.uuid4())).output.count(".") == 2
     assert pushq("token", "service", str(tenant.id)).output.count(".") == 2

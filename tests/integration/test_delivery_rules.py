@@ -18,7 +18,6 @@ from sqlalchemy import delete, select, update
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.delivery import (
     RetryPolicy,
-    aggregate_status,
     claim_chunk,
     fan_out,
     record_outcomes,
@@ -31,6 +30,7 @@ from shared.payloads import PayloadTooLarge, fit_body
 from shared.schema import migrate
 from shared.services.devices import register_device, unregister_device
 from shared.services.sends import SendRequest, create_notifications
+from shared.statuses import aggregate_status
 
 POLICY = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)
 LEASE = 300
