@@ -11,10 +11,15 @@
  * - push: the message pushq sends is JSON {title, body, data, url?} (see README "Patient fan-out" and
  *   POST /push/send). It shows a notification with that title and body; the URL to open is `url`, or
  *   else `data.url`, resolved against the service worker's scope (only http and https URLs are opened).
- *   A push without a readable JSON body still shows a notification (browsers require one per push).
+ *   The message options (docs/api.md "Message options") are passed to showNotification as they come:
+ *   image, tag, renotify (only with a tag), actions ({action, title}; each one's `url` is kept in the
+ *   notification's data) and icon, badge, dir, lang, requireInteraction, silent, vibrate, timestamp,
+ *   each only when of the right type. A push without a readable JSON body still shows a notification
+ *   (browsers require one per push).
  * - notificationclick: closes the notification, then focuses an open tab already showing that URL
- *   (ignoring the #fragment); otherwise opens the URL in a new tab. Without a URL it focuses any open
- *   tab of this site, or opens the service worker's scope.
+ *   (ignoring the #fragment); otherwise opens the URL in a new tab. A click on an action button opens
+ *   that action's URL (or, without one, the notification's). Without a URL it focuses any open tab of
+ *   this site, or opens the service worker's scope.
  *
  * It has no fetch handler: it never sees your site's requests. The functions below are also exposed as
  * `self.pushq` so a site's own service worker can `importScripts('pushq-sw.js')` and reuse them.
@@ -38,6 +43,11 @@ function parsePushData(data) {
 function targetUrl(payload) {
   const raw = typeof payload.url === 'string' ? payload.url
     : payload.data && typeof payload.data.url === 'string' ? payload.data.url : null;
+  return absoluteUrl(raw);
+}
+
+/** ``raw`` resolved against the service worker's scope if it is an http(s) URL, else null. */
+function absoluteUrl(raw) {
   if (!raw) return null;
   try {
     const url = new URL(raw, self.registration.scope);
@@ -47,13 +57,41 @@ function targetUrl(payload) {
   }
 }
 
+// showNotification options a pushq message may carry, with the type each must have to be passed on.
+const SHOWN_OPTIONS = {image: 'string', tag: 'string', icon: 'string', badge: 'string', dir: 'string',
+  lang: 'string', requireInteraction: 'boolean', silent: 'boolean', timestamp: 'number'};
+
+/** The showNotification options of a push message: its body, the options it carries, and what a click needs. */
+function notificationOptions(payload) {
+  const options = {body: typeof payload.body === 'string' ? payload.body : ''};
+  for (const [name, type] of Object.entries(SHOWN_OPTIONS)) {
+    if (typeof payload[name] === type) options[name] = payload[name];
+  }
+  if (options.tag && payload.renotify === true) options.renotify = true;  // renotify without a tag throws
+  if (Array.isArray(payload.vibrate) && payload.vibrate.every((ms) => typeof ms === 'number')) {
+    options.vibrate = payload.vibrate;
+  }
+  const data = {url: targetUrl(payload), data: payload.data || {}};
+  const actions = (Array.isArray(payload.actions) ? payload.actions : []).filter(
+    (a) => a && typeof a.action === 'string' && a.action && typeof a.title === 'string');
+  if (actions.length) {
+    options.actions = actions.map((a) => ({action: a.action, title: a.title}));
+    data.actions = Object.fromEntries(actions.map((a) => [a.action, absoluteUrl(a.url)]));
+  }
+  options.data = data;
+  return options;
+}
+
 /** Show the notification for one push message. */
 function showPushNotification(payload) {
   const title = typeof payload.title === 'string' && payload.title ? payload.title : DEFAULT_TITLE;
-  return self.registration.showNotification(title, {
-    body: typeof payload.body === 'string' ? payload.body : '',
-    data: {url: targetUrl(payload), data: payload.data || {}},
-  });
+  return self.registration.showNotification(title, notificationOptions(payload));
+}
+
+/** The URL a click opens: the clicked action's own, else the notification's. */
+function clickTarget(notification, action) {
+  const data = notification.data || {};
+  return (action && data.actions && data.actions[action]) || data.url || null;
 }
 
 function withoutFragment(url) {
@@ -62,9 +100,9 @@ function withoutFragment(url) {
   return parsed.href;
 }
 
-/** Focus the tab showing the notification's URL, or open it. */
-async function openNotificationTarget(notification) {
-  const url = notification.data && notification.data.url;
+/** Focus the tab showing the notification's URL (or the clicked action's), or open it. */
+async function openNotificationTarget(notification, action) {
+  const url = clickTarget(notification, action);
   const windows = await self.clients.matchAll({type: 'window', includeUncontrolled: true});
   const open = url
     ? windows.find((client) => withoutFragment(client.url) === withoutFragment(url))
@@ -82,7 +120,7 @@ self.addEventListener('push', (event) => {
 
 self.addEventListener('notificationclick', (event) => {
   event.notification.close();
-  event.waitUntil(openNotificationTarget(event.notification));
+  event.waitUntil(openNotificationTarget(event.notification, event.action));
 });
 
-self.pushq = {parsePushData, targetUrl, showPushNotification, openNotificationTarget};
+self.pushq = {parsePushData, targetUrl, notificationOptions, showPushNotification, clickTarget, openNotificationTarget};

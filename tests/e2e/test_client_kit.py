@@ -223,3 +223,66 @@ def test_service_worker_shows_a_pushq_message_and_opens_its_url(api, kit, tenant
     assert shown.get("Body") == "plain text"
     shown = _deliver(kit, json.dumps({"title": "x", "body": "y", "url": "javascript:alert(1)"}))
     assert worker_handle.evaluate("self.__shown[self.__shown.length - 1].options.data.url") is None
+
+
+# A click on one of the notification's action buttons (event.action names it).
+_CLICK_ACTION = """([shown, action]) => {
+  const event = new ExtendableEvent('notificationclick');
+  Object.defineProperty(event, 'notification', {value: {title: shown.title, body: shown.options.body,
+    data: shown.options.data, close() {}}});
+  Object.defineProperty(event, 'action', {value: action});
+  try { self.dispatchEvent(event); } catch (ignored) { /* waitUntil refuses a script-made event */ }
+  return true;
+}"""
+
+
+def test_service_worker_shows_the_message_options_and_opens_the_clicked_actions_url(
+        api, kit, tenant, push_service, worker):
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    subscription = push_service.new_subscription(application_server_key=tenant.vapid_public_key)
+    registered = api.post("/push/devices/register", headers=tenant.user_headers(user),
+                          json={"app_id": str(tenant.id), "platform": "web", "push_token": json.dumps(subscription)})
+    assert registered.status_code == 201, registered.text
+    # Images on an address that refuses at once: the browser's fetch fails fast, the notification still shows.
+    image, icon = "https://127.0.0.1:9/shift.png", "https://127.0.0.1:9/icon.png"
+    response = api.post("/push/send", headers=tenant.service_headers(), json={
+        "user_id": str(user), "title": "Shift offered", "body": "Saturday 9:00", "data": {"url": "/client/subscribe.html"},
+        "image": image, "group": "shifts", "renotify": True, "interruption_level": "time-sensitive",
+        "actions": [{"id": "accept", "title": "Accept", "url": "/client/shifts/7/accept"},
+                    {"id": "later", "title": "Later"}],
+        "webpush": {"icon": icon, "requireInteraction": True, "lang": "en-GB"}})
+    assert response.status_code == 200, response.text
+    (message,) = wait_for(lambda: push_service.messages(subscription), timeout=20)
+    assert message.urgency == "high"
+
+    worker_handle = kit["worker"]
+    worker_handle.evaluate(_RECORD_WINDOW_CALLS)
+    shown = _deliver(kit, message.payload.decode())
+    assert shown["Title"] == "Shift offered"
+    last = worker_handle.evaluate("self.__shown[self.__shown.length - 1]")
+    page_url = f"{kit['origin']}/client/subscribe.html"
+    assert last["options"] == {
+        "body": "Saturday 9:00", "image": image, "tag": "shifts", "renotify": True, "icon": icon,
+        "requireInteraction": True, "lang": "en-GB",
+        "actions": [{"action": "accept", "title": "Accept"}, {"action": "later", "title": "Later"}],
+        "data": {"url": page_url, "data": {"url": "/client/subscribe.html"},
+                 "actions": {"accept": f"{kit['origin']}/client/shifts/7/accept", "later": None}},
+    }
+
+    # The "accept" button opens its own URL (no tab shows it: a new one).
+    worker_handle.evaluate(_CLICK_ACTION, [last, "accept"])
+    wait_in_browser(kit["page"], lambda: worker_handle.evaluate("self.__windowCalls.length"))
+    assert worker_handle.evaluate("self.__windowCalls") == [
+        {"call": "openWindow", "url": f"{kit['origin']}/client/shifts/7/accept"}]
+    # "later" has no URL of its own: the notification's, whose tab is open, is focused.
+    worker_handle.evaluate("self.__windowCalls = []")
+    worker_handle.evaluate(_CLICK_ACTION, [last, "later"])
+    wait_in_browser(kit["page"], lambda: worker_handle.evaluate("self.__windowCalls.length"))
+    assert worker_handle.evaluate("self.__windowCalls") == [{"call": "focus", "url": page_url}]
+
+    # A payload's options of the wrong type are not passed on; renotify needs a tag.
+    _deliver(kit, json.dumps({"title": "t", "body": "b", "renotify": True, "image": 5, "actions": "no",
+                              "vibrate": ["x"], "requireInteraction": "yes"}))
+    odd = worker_handle.evaluate("self.__shown[self.__shown.length - 1].options")
+    assert odd == {"body": "b", "data": {"url": None, "data": {}}}
