@@ -9,7 +9,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import select
+
 from shared.db import session_scope
+from shared.models import Broadcast, Notification
 from shared.services.apps import set_apns_critical_alerts
 
 RICH = {
@@ -175,3 +178,22 @@ def test_the_openapi_document_describes_the_options(client):
     for name in ("silent", "image", "group", "renotify", "category", "title_loc_key", "body_loc_args", "apns", "fcm",
                  "webpush"):
         assert send_schema[name]["description"], name
+
+
+def test_broadcasts_take_the_same_options(client, tenant, session_factory):
+    enrolled(tenant)
+    base = {"title": "Gym closes early", "body": "Today at 18:00"}
+    silent_web = send(client, tenant, "/push/broadcasts", **base, silent=True,
+                      audience={"everyone": True, "platforms": ["web"]})
+    assert "browsers show a notification for every push" in refused(silent_web, "options_not_deliverable", "web")
+    assert "critical-alerts" in refused(send(client, tenant, "/push/broadcasts", **base, interruption_level="critical",
+                                             audience={"everyone": True}), "options_not_deliverable", "ios")
+    assert refused(send(client, tenant, "/push/broadcasts", **base, fcm={"token": "x"}, audience={"everyone": True}),
+                   "validation_error")
+    accepted = send(client, tenant, "/push/broadcasts", **base, group="closures", image="https://cdn.example.com/c.png",
+                    audience={"everyone": True})
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+    with session_factory() as session:
+        options = session.scalar(select(Notification.options).join(Broadcast, Broadcast.notification_id == Notification.id)
+                                 .where(Broadcast.id == uuid.UUID(accepted.json["broadcast_id"])))
+    assert options == {"group": "closures", "image": "https://cdn.example.com/c.png"}
