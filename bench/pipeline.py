@@ -49,6 +49,7 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
+from bench import storage
 from bench.launch import (
     ApnsKey,
     ApnsService,
@@ -106,6 +107,8 @@ class Scale:
     fanout_runs: int
     memory_deliveries: int
     drain_timeout: float
+    storage_single_users: int = 2500  # × 2 devices: single sends whose database cost is measured
+    retention_deliveries: int = 1_000_000  # one day of them, removed by DELETE and by DROP
 
     @staticmethod
     def full() -> Scale:
@@ -113,7 +116,7 @@ class Scale:
 
     @staticmethod
     def quick() -> Scale:
-        return Scale("quick", 500, 1000, 200, 5, 5.0, 200.0, 1, 10_000, 120.0)
+        return Scale("quick", 500, 1000, 200, 5, 5.0, 200.0, 1, 10_000, 120.0, 500, 100_000)
 
 
 @dataclass
@@ -166,6 +169,7 @@ class Context:
     apns_key: ApnsKey
     fcm: FcmService
     api_url: str = ""
+    api: Child | None = None
     worker: Child | None = None
     figures: list[Figure] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
@@ -461,6 +465,7 @@ def start_service(ctx: Context) -> None:
             return False
 
     wait_until("the API to answer /healthz", healthy, 60, 0.2, on_timeout=api.log_tail)
+    ctx.api = api
     worker = ctx.procs.start("worker", [sys.executable, "-m", "celery", "-A", "workers.main", "worker",
                                         "--pool", "prefork", "--concurrency", "2", "-Q", QUEUES, "--loglevel", "INFO",
                                         "-n", f"bench-{os.getpid()}@%h", "--without-gossip", "--without-mingle"])
@@ -664,6 +669,53 @@ def open_loop_singles(ctx: Context, headers: dict[str, str], user_ids: list[uuid
             "service_p50_s": percentile(service_times, 50), "service_p99_s": percentile(service_times, 99)}
 
 
+def phase_single_storage(ctx: Context) -> dict[str, Any]:
+    """Single sends to users with two Web Push devices each: database bytes, WAL and CPU per delivery."""
+    assert ctx.worker is not None and ctx.api is not None
+    users = ctx.scale.storage_single_users
+    app_id, public_key = create_tenant(ctx, "bench singles")
+    user_ids = add_users(ctx, app_id, users, "web", web_tokens(ctx, public_key))
+    headers = service_headers(ctx, app_id)
+    ctx.progress(f"storage: {users:,} single sends to users with 2 Web Push devices each")
+
+    def send(slice_: list[uuid.UUID]) -> None:
+        with http_client(ctx) as http:
+            for user in slice_:
+                post_ok(http, "/push/send", {"user_id": str(user), "title": TITLE, "body": BODY, "data": DATA}, headers)
+
+    def phase() -> dict[str, Any]:
+        assert ctx.worker is not None and ctx.api is not None
+        since = db_now(ctx)
+        api0, worker0 = tree_cpu(ctx.api.pid), tree_cpu(ctx.worker.pid)
+        threads = [threading.Thread(target=send, args=(user_ids[n::8],), daemon=True) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wait_final(ctx, f"storage: {2 * users} deliveries of single sends", app_id, since, 2 * users,
+                   ctx.scale.drain_timeout, 0.5)
+        return {"api_cpu_per_accept_s": (tree_cpu(ctx.api.pid) - api0) / users,
+                "worker_cpu_per_delivery_s": (tree_cpu(ctx.worker.pid) - worker0) / (2 * users)}
+
+    cpu, cost = storage.measured(ctx.engine, phase, 2 * users)
+    ctx.progress(storage.describe("single sends", cost))
+    with ctx.engine.connect() as connection:
+        devices = connection.execute(text("SELECT id FROM devices WHERE app_id = :app AND user_id = :user"),
+                                     {"app": app_id, "user": user_ids[0]}).scalars().all()
+    return {**cost, **cpu, "app_id": app_id, "device_ids": tuple(devices[:2])}
+
+
+def phase_retention(ctx: Context, app_id: uuid.UUID, device_ids: tuple[uuid.UUID, uuid.UUID]) -> dict[str, Any]:
+    deliveries = ctx.scale.retention_deliveries
+    ctx.progress(f"retention: one day of {deliveries:,} deliveries past retention, batched DELETE vs DROP of a day partition")
+    result = storage.retention_cost(ctx.engine, ctx.session_factory, app_id, device_ids, deliveries)
+    ctx.progress(f"retention: DELETE {result['delete']['seconds']:.1f} s in {result['delete']['statements']} statements, "
+                 f"WAL {result['delete']['wal_bytes'] / 2**20:,.0f} MiB; DROP {result['drop']['seconds'] * 1e3:.0f} ms in "
+                 f"{result['drop']['statements']} statements, WAL {result['drop']['wal_bytes'] / 2**10:,.0f} KiB "
+                 f"(setup {result['setup_seconds']:.0f} s)")
+    return result
+
+
 def phase_fanout(ctx: Context) -> list[float]:
     """One bulk of 500 users × 2 Web Push devices, until all 1,000 outcomes are final (seconds)."""
     app_id, public_key = create_tenant(ctx, "bench fan-out")
@@ -806,8 +858,13 @@ def _phases(ctx: Context, info: dict[str, Any]) -> dict[str, Any]:
     ctx.progress("warm-up: a few deliveries through every queue")
     run_end_to_end(ctx, "warm-up web", warm_app, warm_users, 2, 0.1)
 
-    ctx.progress(f"end to end: {2 * scale.web_users:,} Web Push deliveries")
-    web = run_end_to_end(ctx, "Web Push", web_app, web_users, 2)
+    ctx.progress(f"end to end: {2 * scale.web_users:,} Web Push deliveries (bulks of {BULK_SIZE}, 2 devices per user)")
+    assert ctx.api is not None
+    api_cpu0 = tree_cpu(ctx.api.pid)
+    web, bulk_storage = storage.measured(ctx.engine, lambda: run_end_to_end(ctx, "Web Push", web_app, web_users, 2),
+                                         2 * scale.web_users)
+    bulk_storage["api_cpu_per_accept_s"] = (tree_cpu(ctx.api.pid) - api_cpu0) / scale.web_users
+    ctx.progress(storage.describe("bulk sends", bulk_storage))
     ctx.progress(f"end to end: {2 * scale.mobile_users:,} APNs deliveries")
     apns = run_end_to_end(ctx, "APNs", apns_app, apns_users, 2)
     ctx.progress(f"end to end: {2 * scale.mobile_users:,} FCM deliveries")
@@ -816,8 +873,11 @@ def _phases(ctx: Context, info: dict[str, Any]) -> dict[str, Any]:
     bulk_latencies, singles = phase_accept(ctx)
     fanout = phase_fanout(ctx)
     memory = phase_memory(ctx, web_app, web_users)
+    single_storage = phase_single_storage(ctx)
+    retention = phase_retention(ctx, single_storage.pop("app_id"), single_storage.pop("device_ids"))
     ctx.details.update(web=web, apns=apns, fcm=fcm, singles=singles, bulk_latencies_s=bulk_latencies,
-                       fanout_seconds=fanout, memory=memory)
+                       fanout_seconds=fanout, memory=memory, bulk_storage=bulk_storage,
+                       single_storage=single_storage, retention=retention)
 
     base_cpu, base_rate = baseline["cpu_per_message_s"], baseline["messages_per_s"]
     web_cpu = web["worker_cpu_per_delivery_s"]
@@ -848,10 +908,40 @@ def _phases(ctx: Context, info: dict[str, Any]) -> dict[str, Any]:
         Figure(f"memory: pool RSS growth over {memory['deliveries']:,} deliveries"
                + (" (quick mode: not 100,000)" if ctx.scale.name == "quick" else ""), "%",
                [memory["growth"] * 100], 5.0, "<=", "< 5 %"),
+        *storage_figures(bulk_storage, single_storage, retention),
     ]
     return {"when": datetime.now(UTC).isoformat(timespec="seconds"), "mode": ctx.scale.name,
             "machine": info, "scale": ctx.scale.__dict__, "figures": [f.to_json() for f in figures],
             "details": ctx.details}
+
+
+def storage_figures(bulk: dict[str, Any], single: dict[str, Any], retention: dict[str, Any]) -> list[Figure]:
+    """The database's cost per delivery (bench/storage.py) and the inputs of the capacity model (docs/scaling.md)."""
+    us = 1e6
+    rows = []
+    for label, cost, target in (("bulk sends", bulk, 250.0), ("single sends", single, 500.0)):
+        n = f"{cost['deliveries']:,}"
+        rows += [
+            Figure(f"storage, {label} ({n}, 2 devices/user): bytes per delivery at rest", "B",
+                   [cost["bytes_per_delivery"]], target, "<=", f"≤ {target:.0f} B"),
+            Figure(f"storage, {label}: WAL bytes per delivery", "B", [cost["wal_bytes_per_delivery"]], None),
+            Figure(f"storage, {label}: transactions per delivery", "", [cost["transactions_per_delivery"]], None),
+            Figure(f"storage, {label}: rows written per delivery", "", [cost["rows_written_per_delivery"]], None),
+            Figure(f"{label}: API CPU per accepted notification", "µs", [cost["api_cpu_per_accept_s"] * us], None),
+            Figure(f"{label}: PostgreSQL CPU per delivery", "µs", [cost["postgres_cpu_per_delivery_s"] * us], None),
+        ]
+    rows.append(Figure(f"single sends: worker CPU per delivery ({single['deliveries']:,})", "µs",
+                       [single["worker_cpu_per_delivery_s"] * us], None))
+    n = f"{retention['deliveries']:,}"
+    rows += [
+        Figure(f"retention of one day of {n} deliveries: batched DELETE ({retention['delete']['statements']} statements)",
+               "s", [retention["delete"]["seconds"]], None,
+               note=f"WAL {retention['delete']['wal_bytes'] / 2**20:,.0f} MiB"),
+        Figure(f"retention of one day of {n} deliveries: DROP of the day partitions ({retention['drop']['statements']} "
+               "statements)", "s", [retention["drop"]["seconds"]], None,
+               note=f"WAL {retention['drop']['wal_bytes'] / 2**10:,.0f} KiB"),
+    ]
+    return rows
 
 
 def _format(value: float, unit: str) -> str:
@@ -861,6 +951,8 @@ def _format(value: float, unit: str) -> str:
         return f"{value:+.1f} %"
     if unit in ("ms", "s"):
         return f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+    if unit == "":
+        return f"{value:,.2f}"
     return f"{value:,.0f} {unit}" if unit != "/s" else f"{value:,.0f}/s"
 
 
