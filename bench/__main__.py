@@ -6,6 +6,7 @@
   writes ``bench/results/latest.json``. ``--quick`` scales it down (< 2 min).
 * ``standins``: what each vendor stand-in can take on its own, so the pipeline
   figures can be checked not to be the stand-ins' limits.
+* ``capacity``: the capacity model of docs/scaling.md computed from a pipeline run's results.
 * ``webpush-cpu``: pushq's Web Push adapter against a plain pywebpush loop,
   in-process (no Celery, no database).
 """
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = sub.add_parser("pipeline", help="end-to-end pipeline benchmark (default)")
     pipeline.add_argument("--quick", action="store_true", help="scaled-down counts, finishes in under 2 minutes")
     pipeline.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json", help="JSON results file")
+    pipeline.add_argument("--storage-only", action="store_true",
+                          help="only the database's cost per delivery (bulk and single sends) and retention")
     pipeline.add_argument("--keep-logs", action="store_true",
                           help="keep every process's log in bench/results/run/ (default: only on failure)")
 
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     webpush_cpu = sub.add_parser("webpush-cpu", help="Web Push adapter CPU vs a plain pywebpush loop")
     webpush_cpu.add_argument("--deliveries", type=int, default=500, help="pushes per measured loop (default 500)")
+
+    capacity = sub.add_parser("capacity", help="the capacity model (docs/scaling.md) from a pipeline run's results")
+    capacity.add_argument("results", type=Path, nargs="?", default=RESULTS_DIR / "latest.json",
+                          help="results JSON of `make bench` (default bench/results/latest.json)")
 
     # Bare `python -m bench [--quick]` runs the pipeline benchmark.
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -51,11 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.benchmark == "pipeline":
             from bench import pipeline as pipeline_bench
 
-            pipeline_bench.run(quick=args.quick, output=args.output, keep_logs=args.keep_logs)
+            pipeline_bench.run(quick=args.quick, output=args.output, keep_logs=args.keep_logs,
+                               storage_only=args.storage_only)
         elif args.benchmark == "standins":
             from bench import standin_capacity
 
             standin_capacity.run(args.pushes, args.connections, args.output)
+        elif args.benchmark == "capacity":
+            from bench import capacity as capacity_model
+
+            capacity_model.run(args.results)
         elif args.benchmark == "webpush-cpu":
             from bench import webpush_cpu
 

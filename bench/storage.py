@@ -31,6 +31,11 @@ from sqlalchemy.engine import Engine
 
 T = TypeVar("T")
 
+APPLICATION_NAME = "pushq-bench"  # the benchmark's own connections (bench/pipeline.py's engine)
+# Emptied before a measured phase, so its rows do not fill free space earlier phases left (CASCADE: deliveries
+# and whatever else hangs off a notification).
+GROWING = "notifications"
+
 _SIZES = """
 SELECT c.relname, pg_total_relation_size(c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -61,7 +66,10 @@ def counters(engine: Engine) -> dict[str, Any]:
 def backend_cpu(engine: Engine) -> dict[int, float]:
     """User+system CPU seconds of each PostgreSQL backend serving the benchmark's database (on this machine)."""
     with engine.connect() as connection:
-        pids = connection.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars().all()
+        # Not the benchmark's own connections (its polling for outcomes is not pushq's work).
+        pids = connection.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name <> :bench"
+        ), {"bench": APPLICATION_NAME}).scalars().all()
     cpu = {}
     for pid in pids:
         try:
@@ -84,7 +92,13 @@ def wal_bytes(engine: Engine, before: str, after: str) -> int:
 
 
 def measured(engine: Engine, phase: Callable[[], T], deliveries: int) -> tuple[T, dict[str, Any]]:
-    """Run ``phase`` (which makes ``deliveries`` deliveries final) and what it cost the database, per delivery."""
+    """Run ``phase`` (which makes ``deliveries`` deliveries final) and what it cost the database, per delivery.
+
+    The growing tables are emptied first: rows written into the free space an earlier phase's updates
+    left would look free.
+    """
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {GROWING} CASCADE"))
     sizes0 = table_sizes(engine)
     c0, cpu0 = counters(engine), backend_cpu(engine)
     result = phase()
