@@ -16,7 +16,8 @@ from shared import crypto
 from shared.backlog import BackpressureReader
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.guards import ClientAuthFailureLimiter, DailyQuota, QuotaPolicy, RegistrationLimiter
+from shared.guards import ClientAuthFailureLimiter, DailyQuota, QuotaPolicy, ReceiptLimiter, RegistrationLimiter
+from shared.receipts import ReceiptTokens, derive_key
 from shared.services.clients import revoked_client_ids
 from workers.celery_app import make_celery
 from workers.dispatch import Dispatcher
@@ -36,6 +37,8 @@ class PushqState:
     client_auth_limiter: ClientAuthFailureLimiter
     token_hash_slots: threading.BoundedSemaphore  # scrypt runs at once in this process (PUSHQ_TOKEN_HASH_CONCURRENCY)
     backpressure: BackpressureReader  # the send answers' backlog headers, read once a second
+    receipt_limiter: ReceiptLimiter  # POST /push/receipts per source address
+    receipt_tokens: ReceiptTokens
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -70,6 +73,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
         token_hash_slots=threading.BoundedSemaphore(settings.token_hash_concurrency),
         backpressure=BackpressureReader(guards_redis, settings.backpressure_threshold),
+        receipt_limiter=ReceiptLimiter(guards_redis, settings.receipts_per_address_per_minute),
+        receipt_tokens=ReceiptTokens(derive_key(settings.receipt_key, settings.token_hash_key)),
     )
 
     from api.broadcast_views import bp as broadcasts_bp
@@ -77,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.oauth import bp as oauth_bp
     from api.openapi import bp as openapi_bp
     from api.patient_views import bp as patients_bp
+    from api.receipt_views import bp as receipts_bp
     from api.views import bp as push_bp
     from api.webhook_views import bp as webhooks_bp
 
@@ -87,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(oauth_bp)
     app.register_blueprint(webhooks_bp)
+    app.register_blueprint(receipts_bp)
     from api.admin import bp as admin_bp
     from api.client_kit import bp as client_kit_bp
 

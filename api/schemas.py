@@ -186,6 +186,10 @@ class DeliverySchema(Schema):
     last_error = fields.String(allow_none=True, required=True)
     next_attempt_at = fields.AwareDateTime(allow_none=True, required=True)
     sent_at = fields.AwareDateTime(allow_none=True, required=True)
+    displayed_at = fields.AwareDateTime(allow_none=True, required=True, metadata={
+        "description": "Web Push: when pushq's service worker first showed it (a receipt); null otherwise."})
+    clicked_at = fields.AwareDateTime(allow_none=True, required=True, metadata={
+        "description": "Web Push: when its notification was first clicked (a receipt); null otherwise."})
     updated_at = fields.AwareDateTime(required=True)
 
 

@@ -154,6 +154,10 @@ class Settings:
     webhook_secret_overlap_seconds: int = field(default=86_400, metadata={"env": "PUSHQ_WEBHOOK_SECRET_OVERLAP_SECONDS"})
     # How often the scheduler hands due webhook events to the webhooks queue.
     webhook_interval_seconds: float = field(default=1.0, metadata={"env": "PUSHQ_WEBHOOK_INTERVAL"})
+    # The HMAC key of receipt tokens (docs/security.md); None: derived from PUSHQ_TOKEN_HASH_KEY.
+    receipt_key: str | None = field(default=None, metadata={"env": "PUSHQ_RECEIPT_KEY"})
+    # Receipts per source address (IPv6 per /64) per minute at POST /push/receipts.
+    receipts_per_address_per_minute: int = field(default=600, metadata={"env": "PUSHQ_RECEIPTS_PER_ADDRESS_PER_MINUTE"})
     # The status page at /admin answers only to this token (bearer, or its login cookie); None: /admin is off (404).
     admin_token: str | None = field(default=None, metadata={"env": "PUSHQ_ADMIN_TOKEN"})
 
@@ -267,7 +271,8 @@ class Settings:
             if value < 0:
                 raise ConfigError(f"{name} must be 0 (off) or more days")
         for name, number in (("PUSHQ_WEBHOOK_MAX_ATTEMPTS", self.webhook_max_attempts),
-                             ("PUSHQ_WEBHOOK_BATCH_SIZE", self.webhook_batch_size)):
+                             ("PUSHQ_WEBHOOK_BATCH_SIZE", self.webhook_batch_size),
+                             ("PUSHQ_RECEIPTS_PER_ADDRESS_PER_MINUTE", self.receipts_per_address_per_minute)):
             if number < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name, seconds in (("PUSHQ_WEBHOOK_DEADLINE_SECONDS", self.webhook_deadline_seconds),

@@ -177,6 +177,27 @@ class RegistrationLimiter:
             raise RateLimited(headers={"Retry-After": str(retry_after)})
 
 
+class ReceiptsRateLimited(ServiceError):
+    status, code, message = 429, "rate_limited", "Too many receipts, try again later"
+
+
+class ReceiptLimiter:
+    """At most ``per_minute`` receipts per source address (IPv6 per /64) in any minute: one Redis script call."""
+
+    def __init__(self, client: redis.Redis, per_minute: int) -> None:
+        self._script = client.register_script(_SLIDING_WINDOW)
+        self.limit = per_minute
+
+    def hit(self, address: str | None, now: datetime) -> None:
+        now_ms = int(now.timestamp() * 1000)
+        allowed, _count, oldest = self._script(
+            keys=[f"pushq:receipts:{address_bucket(address)}"], args=[now_ms, 60_000, self.limit, uuid.uuid4().hex]
+        )
+        if not allowed:
+            retry_after = max(math.ceil((int(oldest) + 60_000 - now_ms) / 1000), 1)
+            raise ReceiptsRateLimited(headers={"Retry-After": str(retry_after)})
+
+
 @dataclass(frozen=True)
 class AuthenticationAttempt:
     """A reserved slot in the failure windows: forgiven when the authentication succeeds."""

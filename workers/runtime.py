@@ -23,6 +23,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.delivery import RetryPolicy
 from shared.models import App
+from shared.receipts import ReceiptTokens, derive_key
 from workers.adapters.apns import ApnsAdapter
 from workers.adapters.base import Adapter, AppCredentials
 from workers.adapters.fcm import FcmAdapter
@@ -87,7 +88,8 @@ class WorkerRuntime:
         s = self.settings
         return {
             "web": WebPushAdapter(s.vendor_connect_timeout, s.push_deadline, concurrency=s.push_concurrency,
-                                  allow_http_loopback=s.allow_http_endpoints, extra_hosts=s.webpush_extra_hosts),
+                                  allow_http_loopback=s.allow_http_endpoints, extra_hosts=s.webpush_extra_hosts,
+                                  receipts=ReceiptTokens(derive_key(s.receipt_key, s.token_hash_key))),
             # Every adapter honours the push deadline: Settings.deliver_time_limits assume it.
             "ios": ApnsAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, host=s.apns_host, port=s.apns_port,
                                ca_file=s.apns_ca_file, deadline=s.push_deadline),

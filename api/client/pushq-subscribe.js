@@ -62,7 +62,13 @@
   /** Register the service worker (default: pushq-sw.js next to this script) and wait until it is active. */
   async function registerServiceWorker(options = {}) {
     if (!supported()) throw new Error('This browser does not support Web Push');
-    const url = options.serviceWorkerUrl || new URL('pushq-sw.js', scriptUrl).href;
+    let url = options.serviceWorkerUrl || new URL('pushq-sw.js', scriptUrl).href;
+    if (options.apiBase && !options.serviceWorkerUrl) {
+      // The worker posts display and click receipts to pushq's API: tell it where that is.
+      const withApi = new URL(url);
+      withApi.searchParams.set('api', new URL(options.apiBase, global.location.href).href);
+      url = withApi.href;
+    }
     const registration = await global.navigator.serviceWorker.register(url, options.scope ? {scope: options.scope} : undefined);
     return activated(registration);
   }

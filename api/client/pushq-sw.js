@@ -21,6 +21,13 @@
  *   that action's URL (or, without one, the notification's). Without a URL it focuses any open tab of
  *   this site, or opens the service worker's scope.
  *
+ * - receipts: a push from pushq carries a `receipt` token (signed by pushq for that one delivery; no user
+ *   token ever reaches this worker). Once the notification is shown the worker posts
+ *   {token, event: "displayed"} to pushq's POST /push/receipts, and {token, event: "clicked"} on a click.
+ *   pushq's API is at the `api` parameter of this script's URL (`pushq-sw.js?api=https://push.example.com`,
+ *   which pushq-subscribe.js adds from its apiBase), else at this worker's own origin. Best effort: a
+ *   receipt that cannot be posted is dropped, the notification is shown all the same.
+ *
  * It has no fetch handler: it never sees your site's requests. The functions below are also exposed as
  * `self.pushq` so a site's own service worker can `importScripts('pushq-sw.js')` and reuse them.
  */
@@ -57,6 +64,30 @@ function absoluteUrl(raw) {
   }
 }
 
+/** Where receipts go: POST /push/receipts of the API named by this script's `api` parameter, or of its origin. */
+function receiptsUrl() {
+  const api = new URL(self.location.href).searchParams.get('api');
+  try {
+    return new URL('/push/receipts', api || self.location.origin).href;
+  } catch (error) {
+    return new URL('/push/receipts', self.location.origin).href;
+  }
+}
+
+/** Post one receipt ("displayed" or "clicked"); never fails the event it reports. */
+async function sendReceipt(token, event) {
+  if (typeof token !== 'string' || !token) return;
+  try {
+    await fetch(receiptsUrl(), {
+      method: 'POST', credentials: 'omit', keepalive: true,
+      headers: {'Content-Type': 'application/json'},
+      body: JSON.stringify({token, event}),
+    });
+  } catch (error) {
+    // Receipts are best effort: the notification itself was shown.
+  }
+}
+
 // showNotification options a pushq message may carry, with the type each must have to be passed on.
 const SHOWN_OPTIONS = {image: 'string', tag: 'string', icon: 'string', badge: 'string', dir: 'string',
   lang: 'string', requireInteraction: 'boolean', silent: 'boolean', timestamp: 'number'};
@@ -72,6 +103,7 @@ function notificationOptions(payload) {
     options.vibrate = payload.vibrate;
   }
   const data = {url: targetUrl(payload), data: payload.data || {}};
+  if (typeof payload.receipt === 'string') data.receipt = payload.receipt;  // for the clicked receipt
   const actions = (Array.isArray(payload.actions) ? payload.actions : []).filter(
     (a) => a && typeof a.action === 'string' && a.action && typeof a.title === 'string');
   if (actions.length) {
@@ -82,10 +114,12 @@ function notificationOptions(payload) {
   return options;
 }
 
-/** Show the notification for one push message. */
-function showPushNotification(payload) {
+/** Show the notification for one push message, then report it displayed. */
+async function showPushNotification(payload) {
   const title = typeof payload.title === 'string' && payload.title ? payload.title : DEFAULT_TITLE;
-  return self.registration.showNotification(title, notificationOptions(payload));
+  const options = notificationOptions(payload);
+  await self.registration.showNotification(title, options);
+  await sendReceipt(options.data.receipt, 'displayed');
 }
 
 /** The URL a click opens: the clicked action's own, else the notification's. */
@@ -120,7 +154,9 @@ self.addEventListener('push', (event) => {
 
 self.addEventListener('notificationclick', (event) => {
   event.notification.close();
-  event.waitUntil(openNotificationTarget(event.notification, event.action));
+  const receipt = event.notification.data && event.notification.data.receipt;
+  event.waitUntil(Promise.all([openNotificationTarget(event.notification, event.action), sendReceipt(receipt, 'clicked')]));
 });
 
-self.pushq = {parsePushData, targetUrl, notificationOptions, showPushNotification, clickTarget, openNotificationTarget};
+self.pushq = {parsePushData, targetUrl, notificationOptions, showPushNotification, clickTarget, openNotificationTarget,
+  sendReceipt};

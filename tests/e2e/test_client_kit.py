@@ -193,6 +193,7 @@ def test_service_worker_shows_a_pushq_message_and_opens_its_url(api, kit, tenant
     assert response.status_code == 200, response.text
     (message,) = wait_for(lambda: push_service.messages(subscription), timeout=20)
     payload = message.json()
+    receipt = payload.pop("receipt")
     assert payload == {"title": "Shift approved", "body": "See you at 9 <sharp>.",
                        "data": {"url": "/client/subscribe.html", "shift": 7}}
 
@@ -202,7 +203,7 @@ def test_service_worker_shows_a_pushq_message_and_opens_its_url(api, kit, tenant
     shown = _deliver(kit, message.payload.decode())
     assert shown == {"Title": "Shift approved", "Body": "See you at 9 <sharp>."}
     last = worker_handle.evaluate("self.__shown[self.__shown.length - 1]")
-    assert last["options"]["data"] == {"url": page_url, "data": payload["data"]}
+    assert last["options"]["data"] == {"url": page_url, "data": payload["data"], "receipt": receipt}
 
     # A tab already shows the URL: it is focused, no new window.
     assert worker_handle.evaluate(_CLICK, last) is True  # the notification was closed
@@ -267,7 +268,8 @@ def test_service_worker_shows_the_message_options_and_opens_the_clicked_actions_
         "requireInteraction": True, "lang": "en-GB",
         "actions": [{"action": "accept", "title": "Accept"}, {"action": "later", "title": "Later"}],
         "data": {"url": page_url, "data": {"url": "/client/subscribe.html"},
-                 "actions": {"accept": f"{kit['origin']}/client/shifts/7/accept", "later": None}},
+                 "actions": {"accept": f"{kit['origin']}/client/shifts/7/accept", "later": None},
+                 "receipt": message.json()["receipt"]},
     }
 
     # The "accept" button opens its own URL (no tab shows it: a new one).
@@ -286,3 +288,48 @@ def test_service_worker_shows_the_message_options_and_opens_the_clicked_actions_
                               "vibrate": ["x"], "requireInteraction": "yes"}))
     odd = worker_handle.evaluate("self.__shown[self.__shown.length - 1].options")
     assert odd == {"body": "b", "data": {"url": None, "data": {}}}
+
+
+def _delivery(api, tenant, notification_id: str) -> dict:
+    (delivery,) = api.get(f"/push/notifications/{notification_id}", headers=tenant.service_headers()).json()["deliveries"]
+    return delivery
+
+
+def test_service_worker_reports_displayed_and_clicked(api, kit, tenant, push_service, worker):
+    """A pushq message shown by the service worker posts a `displayed` receipt, a click a `clicked` one."""
+    user = uuid.uuid4()
+    tenant.enroll(user)
+    subscription = push_service.new_subscription(application_server_key=tenant.vapid_public_key)
+    registered = api.post("/push/devices/register", headers=tenant.user_headers(user),
+                          json={"app_id": str(tenant.id), "platform": "web", "push_token": json.dumps(subscription)})
+    assert registered.status_code == 201, registered.text
+    sent = [api.post("/push/send", headers=tenant.service_headers(),
+                     json={"user_id": str(user), "title": f"Reminder {n}", "body": "Take your medication."})
+            for n in range(2)]
+    ids = [response.json()["notification_id"] for response in sent]
+    messages = wait_for(lambda: len(push_service.messages(subscription)) == 2 and push_service.messages(subscription))
+    by_title = {m.json()["title"]: m for m in messages}
+    first, second = by_title["Reminder 0"], by_title["Reminder 1"]
+    worker_handle = kit["worker"]
+    worker_handle.evaluate(_RECORD_WINDOW_CALLS)
+
+    _deliver(kit, first.payload.decode())
+    shown = wait_for(lambda: _delivery(api, tenant, ids[0])["displayed_at"] and _delivery(api, tenant, ids[0]),
+                     what="the displayed receipt")
+    assert shown["clicked_at"] is None
+    last = worker_handle.evaluate("self.__shown[self.__shown.length - 1]")
+    worker_handle.evaluate(_CLICK, last)
+    clicked = wait_for(lambda: _delivery(api, tenant, ids[0])["clicked_at"] and _delivery(api, tenant, ids[0]),
+                       what="the clicked receipt")
+    assert clicked["displayed_at"] == shown["displayed_at"]  # the first display is kept
+    assert _delivery(api, tenant, ids[1])["displayed_at"] is None  # the other message was never shown
+
+    # A forged token, and one delivery's id under another's signature, are refused; nothing changes.
+    token_one, token_two = first.json()["receipt"], second.json()["receipt"]
+    prefix, _id_one, mac_one = token_one.split(".")
+    _prefix, id_two, _mac_two = token_two.split(".")
+    for forged in (f"{prefix}.{id_two}.{mac_one}", token_two[:-2] + ("AA" if not token_two.endswith("AA") else "BB")):
+        refused = api.post("/push/receipts", json={"token": forged, "event": "displayed"})
+        assert refused.status_code == 403
+        assert refused.json() == {"error": "invalid_receipt", "message": "Receipt token is not valid"}
+    assert _delivery(api, tenant, ids[1])["displayed_at"] is None

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import uuid
 
+from shared.receipts import ReceiptTokens, derive_key
 from tests.support.helpers import wait_for
+
+
+def receipt_tokens(settings) -> ReceiptTokens:
+    """The receipt tokens the workers sign (the test settings' key)."""
+    return ReceiptTokens(derive_key(settings.receipt_key, settings.token_hash_key))
 
 
 def register_web(api, tenant, user_id, subscription) -> str:
@@ -48,7 +54,9 @@ def send_one_and_check_delivery(api, tenant, push_service) -> None:
     notification = final_notification(api, tenant, notification_id)
     messages = push_service.messages(subscription)
     assert len(messages) == 1
-    assert messages[0].json() == {"title": "Your shift starts in 30 min", "body": "Open GymOps.", "data": data}
+    received = messages[0].json()
+    receipt = received.pop("receipt")  # the delivery's receipt token, for pushq's service worker
+    assert received == {"title": "Your shift starts in 30 min", "body": "Open GymOps.", "data": data}
     assert 3500 < messages[0].ttl <= 3600  # the remaining ttl, not more than asked
     assert messages[0].vapid_public_key == tenant.vapid_public_key
     assert notification["status"] == "delivered"
@@ -57,6 +65,7 @@ def send_one_and_check_delivery(api, tenant, push_service) -> None:
     assert delivery["status"] == "sent"
     assert delivery["attempts"] == 1
     assert delivery["vendor_message_id"] == f"{push_service.base_url}/_standin/messages/{messages[0].id}"
+    assert receipt_tokens(tenant.settings).delivery_id(receipt) == uuid.UUID(delivery["id"])
 
 
 def bulk_and_check_every_device(api, tenant, push_service, users: int = 3) -> None:

@@ -33,6 +33,7 @@ from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge
 from shared.platforms import WEBPUSH_MAX_PLAINTEXT_BYTES
+from shared.receipts import PAYLOAD_RESERVE_BYTES, ReceiptTokens
 from shared.vendor_payloads import WEB, NotDeliverable, fit, webpush_urgency
 from workers.adapters.base import (
     AppCredentials,
@@ -163,6 +164,17 @@ def classify(status: int, headers: Mapping[str, str], truncated: bool = False) -
     return Outcome.rejected(reason)  # 3xx included: a redirect is never followed
 
 
+def with_receipt(payload: bytes, token: str) -> bytes:
+    """The payload (a JSON object) with ``"receipt": token`` added, when it still fits Web Push's limit.
+
+    A message that fills the whole payload goes without a receipt: receipts are
+    best effort, the message itself is not.
+    """
+    if len(payload) + PAYLOAD_RESERVE_BYTES > MAX_PLAINTEXT_BYTES or not payload.endswith(b"}"):
+        return payload
+    return payload[:-1] + (b',"receipt":"' if len(payload) > 2 else b'"receipt":"') + token.encode() + b'"}'
+
+
 class WebPushAdapter:
     platform = "web"
 
@@ -175,6 +187,7 @@ class WebPushAdapter:
         allow_http_loopback: bool = False,
         extra_hosts: Sequence[str] = (),
         clock: Callable[[], datetime] = utcnow,
+        receipts: ReceiptTokens | None = None,
     ) -> None:
         # The egress rules are checked again here, at each push, whatever registration let in:
         # a device stored before a rule, or under a host since removed, is never contacted.
@@ -184,6 +197,7 @@ class WebPushAdapter:
         self.deadline = deadline
         self.concurrency = concurrency
         self.clock = clock
+        self.receipts = receipts  # signs each payload's receipt token (shared/receipts.py)
         self.vapid = VapidHeaders()
         self._loop = LoopThread("pushq-webpush")
         self._session: aiohttp.ClientSession | None = None
@@ -243,6 +257,8 @@ class WebPushAdapter:
             return Outcome.rejected(f"payload too large for Web Push: {exc}")
         except NotDeliverable as exc:
             return Outcome.rejected(str(exc))
+        if self.receipts is not None:
+            payload = with_receipt(payload, self.receipts.token(delivery.delivery_id))
         try:
             subscription = Subscription(delivery.token)
         except (ValueError, KeyError, TypeError) as exc:

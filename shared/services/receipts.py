@@ -1,0 +1,28 @@
+"""Recording a receipt from pushq's service worker: a delivery was displayed, or its notification clicked."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.orm import Session
+
+from shared.db import rows_affected
+from shared.models import Delivery
+
+
+def record_receipt(session: Session, delivery_id: uuid.UUID, event: str, now: datetime) -> bool:
+    """Set ``displayed_at`` (and for a click ``clicked_at``) once: the first time wins, repeats change nothing.
+
+    One UPDATE by primary key; a click also marks the delivery displayed (it was
+    shown to be clicked). False when the delivery no longer exists (deleted by
+    housekeeping after its retention).
+    """
+    values: dict[str, Any] = {"displayed_at": func.coalesce(Delivery.displayed_at, now)}
+    if event == "clicked":
+        values["clicked_at"] = func.coalesce(Delivery.clicked_at, now)
+    return rows_affected(session.execute(
+        update(Delivery).where(Delivery.id == delivery_id).values(**values).execution_options(synchronize_session=False)
+    )) == 1

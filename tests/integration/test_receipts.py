@@ -1,0 +1,71 @@
+"""POST /push/receipts: only tokens pushq signed, idempotent, rate-limited, errors as JSON."""
+
+from __future__ import annotations
+
+import uuid
+
+from shared.db import session_scope
+from shared.models import Delivery
+from shared.receipts import ReceiptTokens, derive_key
+from tests.support.builders import add_device, add_notification
+
+
+def delivery_id(session_factory, tenant) -> uuid.UUID:
+    with session_scope(session_factory) as session:
+        user = uuid.uuid4()
+        device = add_device(session, tenant.id, user)
+        notification = add_notification(session, tenant.id, user, "delivered", 0, devices=[device])
+        return session.query(Delivery.id).filter(Delivery.notification_id == notification).scalar()
+
+
+def tokens(settings) -> ReceiptTokens:
+    return ReceiptTokens(derive_key(settings.receipt_key, settings.token_hash_key))
+
+
+def test_a_receipt_is_recorded_once(client, settings, session_factory, tenant):
+    delivery = delivery_id(session_factory, tenant)
+    token = tokens(settings).token(delivery)
+    assert client.post("/push/receipts", json={"token": token, "event": "displayed"}).status_code == 204
+    with session_factory() as session:
+        first = session.get(Delivery, delivery).displayed_at
+    assert first is not None
+    response = client.post("/push/receipts", json={"token": token, "event": "displayed"})
+    assert response.status_code == 204 and response.headers["Access-Control-Allow-Origin"] == "*"
+    assert client.post("/push/receipts", json={"token": token, "event": "clicked"}).status_code == 204
+    with session_factory() as session:
+        row = session.get(Delivery, delivery)
+        assert row.displayed_at == first and row.clicked_at is not None
+
+
+def test_a_click_marks_displayed_too(client, settings, session_factory, tenant):
+    delivery = delivery_id(session_factory, tenant)
+    assert client.post("/push/receipts", json={"token": tokens(settings).token(delivery), "event": "clicked"}).status_code == 204
+    with session_factory() as session:
+        row = session.get(Delivery, delivery)
+        assert row.displayed_at is not None and row.clicked_at == row.displayed_at
+
+
+def test_tokens_pushq_did_not_sign_are_refused(client, settings, session_factory, tenant):
+    delivery = delivery_id(session_factory, tenant)
+    other_key = ReceiptTokens(b"another deployment's key").token(delivery)
+    mine, someone_elses = tokens(settings).token(delivery), tokens(settings).token(uuid.uuid4())
+    spliced = ".".join([*mine.split(".")[:1], someone_elses.split(".")[1], mine.split(".")[2]])
+    for token in (other_key, spliced, "r1.x.y", "not a token", mine.upper()):
+        response = client.post("/push/receipts", json={"token": token, "event": "displayed"})
+        assert response.status_code == 403, token
+        assert response.get_json() == {"error": "invalid_receipt", "message": "Receipt token is not valid"}
+    assert client.post("/push/receipts", json={"token": mine, "event": "opened"}).status_code == 400
+    with session_factory() as session:
+        assert session.get(Delivery, delivery).displayed_at is None
+
+
+def test_receipts_are_rate_limited_per_address(settings, database, session_factory, tenant):
+    from api.app import create_app
+
+    app = create_app(settings.replace(receipts_per_address_per_minute=3))
+    client = app.test_client()
+    token = tokens(settings).token(delivery_id(session_factory, tenant))
+    answers = [client.post("/push/receipts", json={"token": token, "event": "displayed"}).status_code for _ in range(4)]
+    assert answers == [204, 204, 204, 429]
+    limited = client.post("/push/receipts", json={"token": token, "event": "displayed"})
+    assert limited.get_json()["error"] == "rate_limited" and int(limited.headers["Retry-After"]) >= 1
