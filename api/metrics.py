@@ -19,6 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.receipt_metrics import ReceiptCollector
 from api.request_session import db_session
 from shared.db import after_commit, session_scope
 from shared.models import Delivery, DeliveryStatus, Notification, NotificationStatus, utcnow
@@ -47,6 +48,7 @@ def install_observability(app: Flask) -> None:
     app.extensions["pushq_metrics"] = host_registry(
         state.settings,
         QueueCollector(state.dispatcher.celery, state.session_factory, state.settings.metrics_refresh_seconds),
+        ReceiptCollector(state.session_factory, state.settings.metrics_refresh_seconds),
     )
     app.before_request(_start_request)
     app.after_request(_finish_request)

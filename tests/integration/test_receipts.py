@@ -69,3 +69,30 @@ def test_receipts_are_rate_limited_per_address(settings, database, session_facto
     assert answers == [204, 204, 204, 429]
     limited = client.post("/push/receipts", json={"token": token, "event": "displayed"})
     assert limited.get_json()["error"] == "rate_limited" and int(limited.headers["Retry-After"]) >= 1
+
+
+def test_status_page_and_metrics_show_rates_and_the_webhook(client, settings, database, session_factory, tenant):
+    from api.app import create_app
+    from shared.models import WebhookEndpoint, utcnow
+    from shared.services import webhooks
+
+    token = "admin-token-for-this-test-0123456789"
+    deliveries = [delivery_id(session_factory, tenant) for _ in range(4)]
+    signer = tokens(settings)
+    for delivery, event in ((deliveries[0], "clicked"), (deliveries[1], "displayed")):
+        assert client.post("/push/receipts", json={"token": signer.token(delivery), "event": event}).status_code == 204
+    with session_scope(session_factory) as session:
+        webhooks.set_endpoint(session, tenant.id, "http://127.0.0.1:9/hook", allow_http_loopback=True)
+        webhooks.emit_event(session, tenant.id, "broadcast.completed", {"broadcast_id": "b"})
+        session.get(WebhookEndpoint, tenant.id).last_error = "endpoint answered 503"
+        session.get(WebhookEndpoint, tenant.id).last_attempt_at = utcnow()
+
+    admin = create_app(settings.replace(admin_token=token, metrics_refresh_seconds=0)).test_client()
+    page = admin.get("/admin", headers={"Authorization": f"Bearer {token}"}).get_data(as_text=True)
+    section = page[page.index(f'data-app-id="{tenant.id}"'):]
+    assert 'data-sent="4" data-displayed="2" data-clicked="1"' in section
+    assert "4 sent · 2 displayed (50%) · 1 clicked (25%)" in " ".join(section.split())
+    assert 'data-pending="1" data-failed="0"' in section and "endpoint answered 503" in section
+    metrics = admin.get("/metrics").get_data(as_text=True)
+    assert f'pushq_receipt_display_rate{{app_id="{tenant.id}"}} 0.5' in metrics
+    assert f'pushq_receipt_click_rate{{app_id="{tenant.id}"}} 0.25' in metrics
