@@ -35,8 +35,8 @@ from api.endpoints import page_blueprint
 from api.errors import ApiError
 from api.request_session import db_session
 from shared.admin_sessions import AdminSessions
+from shared.clock import utcnow
 from shared.guards import address_bucket
-from shared.models import utcnow
 from shared.services import stats
 
 bp = page_blueprint("admin", __name__, "/admin", template_folder="templates")

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.auth import RevokedClients, TokenVerifier
 from api.errors import register_error_handlers
 from api.request_session import discard_session, finish_session
+from broker.celery_app import make_celery
+from broker.dispatch import Dispatcher
 from shared import crypto
 from shared.backlog import BackpressureReader
 from shared.config import Settings
@@ -19,8 +21,6 @@ from shared.db import make_engine, make_session_factory, session_scope
 from shared.guards import ClientAuthFailureLimiter, DailyQuota, QuotaPolicy, ReceiptLimiter, RegistrationLimiter
 from shared.receipts import ReceiptTokens, derive_key
 from shared.services.clients import revoked_client_ids
-from workers.celery_app import make_celery
-from workers.dispatch import Dispatcher
 
 
 @dataclass

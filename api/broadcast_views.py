@@ -21,8 +21,8 @@ from api.metrics import current_request_id
 from api.request_session import db_session
 from api.schemas import StatusResponse
 from shared.backlog import backpressure_headers
+from shared.clock import utcnow
 from shared.errors import EnrollmentNotFound
-from shared.models import utcnow
 from shared.services import broadcasts, tags
 from shared.services.broadcasts import BroadcastNotFound
 from shared.services.sends import SendRequest

@@ -21,12 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.receipt_metrics import ReceiptCollector
 from api.request_session import db_session
+from broker.dispatch import Dispatcher
+from broker.queues import ALL_QUEUES, FANOUT_QUEUE, PLATFORM_QUEUES
+from shared.clock import utcnow
 from shared.db import after_commit, session_scope
-from shared.models import Delivery, DeliveryStatus, Notification, NotificationStatus, utcnow
+from shared.models import Delivery, DeliveryStatus, Notification, NotificationStatus
 from shared.observability.context import accept_request_id, reset_request_ids, set_request_ids
 from shared.observability.metrics import exposition, host_registry, join_group_dir, metrics, metrics_authorized
-from workers.celery_app import ALL_QUEUES, FANOUT_QUEUE, PLATFORM_QUEUES
-from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 

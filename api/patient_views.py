@@ -22,8 +22,8 @@ from api.schemas import (
     PatientSendResponse,
     StatusResponse,
 )
+from shared.clock import utcnow
 from shared.errors import PatientNotFound
-from shared.models import utcnow
 from shared.services import patient_push, patients
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import utcnow
 from shared.services.outcome_stats import ReceiptRates, receipt_rates
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from werkzeug.wrappers import Response
 
 from api.endpoints import endpoint
 from api.request_session import db_session
+from shared.clock import utcnow
 from shared.errors import ServiceError
-from shared.models import utcnow
 from shared.receipts import RECEIPT_EVENTS, TOKEN_CHARS
 from shared.services.receipts import record_receipt
 

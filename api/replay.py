@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import Principal
 from api.request_session import db_session
-from shared.models import utcnow
+from shared.clock import utcnow
 from shared.services import idempotency
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from api.schemas import (
     SendRequest,
     StatusResponse,
 )
+from shared.clock import utcnow
 from shared.errors import DeviceNotFound, EnrollmentNotFound, NotificationNotFound
-from shared.models import utcnow
 from shared.services import devices, enrollments, notifications, scheduled, sends
 
 bp = Blueprint("push", __name__)

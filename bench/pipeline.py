@@ -61,7 +61,7 @@ from bench.launch import (
     start_webpush,
 )
 from bench.procs import BenchError, Child, Processes, free_port, install_signal_handlers, wait_until
-from workers.celery_app import ALL_QUEUES
+from broker.queues import ALL_QUEUES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/bench"

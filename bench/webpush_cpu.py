@@ -20,9 +20,9 @@ from datetime import timedelta
 import requests
 from pywebpush import webpush
 
-from shared.delivery import ClaimedDelivery
+from shared.clock import utcnow
 from shared.message import Message
-from shared.models import utcnow
+from shared.pipeline.values import ClaimedDelivery
 from shared.vapid import generate_vapid_key_pair
 from workers.adapters.base import AppCredentials
 from workers.adapters.webpush import WebPushAdapter

@@ -10,8 +10,9 @@ from typing import Any
 import click
 
 from cli.common import CONTEXT_SETTINGS, cli_session, load_settings, service_errors
+from shared.clock import utcnow
 from shared.config import Settings
-from shared.models import App, utcnow
+from shared.models import App
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)

@@ -25,7 +25,7 @@ from shared.db import make_engine, make_session_factory, session_scope
 from shared.errors import ServiceError
 
 if TYPE_CHECKING:
-    from workers.dispatch import Dispatcher
+    from broker.dispatch import Dispatcher
 
 DEV_DIR = Path("var")
 DEV_SECRET_FILE = DEV_DIR / "jwt-dev-secret"
@@ -119,7 +119,7 @@ def dispatcher(settings: Settings) -> Dispatcher:
     """A dispatcher on the configured broker, for commands that enqueue work (imports Celery lazily)."""
     if not (settings.broker_url or settings.redis_url):
         raise click.ClickException("REDIS_URL (or PUSHQ_BROKER_URL) must be set to enqueue work for the workers")
-    from workers.celery_app import make_celery
-    from workers.dispatch import Dispatcher
+    from broker.celery_app import make_celery
+    from broker.dispatch import Dispatcher
 
     return Dispatcher(make_celery(settings))

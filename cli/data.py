@@ -7,7 +7,7 @@ import json
 import click
 
 from cli.common import CONTEXT_SETTINGS, load_settings
-from shared.models import utcnow
+from shared.clock import utcnow
 from shared.schema import migrate
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from cli.common import CONTEXT_SETTINGS, cli_session, dispatcher, load_settings, service_errors
-from shared.models import Notification, utcnow
+from shared.clock import utcnow
+from shared.models import Notification
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)

@@ -79,7 +79,7 @@ def run(host: str, port: int, concurrency: int, stop_timeout: float) -> None:
 
 def child_commands(host: str, port: int, concurrency: int) -> dict[str, list[str]]:
     """The API (gunicorn), a worker consuming every queue and the scheduler, from this interpreter's bin/."""
-    from workers.celery_app import ALL_QUEUES
+    from broker.queues import ALL_QUEUES
 
     bin_dir = Path(sys.executable).parent
     return {

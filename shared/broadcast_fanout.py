@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session, aliased
 
 from shared.broadcast_status import CompletedBroadcast, complete_broadcasts, lock_message
 from shared.db_upsert import dialect_insert
-from shared.delivery import Chunk, chunked
 from shared.models import Broadcast, BroadcastStatus, Delivery, DeliveryStatus, Device, Enrollment, UserTag
+from shared.pipeline.values import Chunk, chunked
 
 
 @dataclass(frozen=True)

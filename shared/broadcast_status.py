@@ -4,7 +4,7 @@ A broadcast completes when its fan-out has paged through the whole audience and
 none of its deliveries is open any more. Whoever may have closed the last one
 checks: the worker recording a chunk's outcomes (or closing deliveries at claim)
 and the fan-out step that finished paging. Both hold the lock on the broadcast's
-message row (``notifications``, taken by :func:`shared.delivery.refresh_statuses`
+message row (``notifications``, taken by :func:`shared.pipeline.status.refresh_statuses`
 or :func:`lock_message`) while they check, so of two transactions closing the
 last deliveries at once the second sees the first's commit: a broadcast always
 completes, once.

@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from shared.clock import utcnow
 from shared.crypto import EncryptedText
 
 NAMING_CONVENTION = {
@@ -39,10 +40,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -57,7 +54,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime given; use shared.models.utcnow()")
+            raise ValueError("naive datetime given; use shared.clock.utcnow()")
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
@@ -212,7 +209,7 @@ class Device(Base):
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     # Moves on by one whenever the device changes meaning: registered by another user, or
     # re-enabled after being disabled. A delivery keeps the generation it was fanned out to
-    # and is pushed only while the device still has it (shared.delivery.claim_chunk).
+    # and is pushed only while the device still has it (shared.pipeline.claim.claim_chunk).
     generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 

@@ -1,6 +1,6 @@
 """A notification's status from its deliveries' statuses: the rule, in Python.
 
-Its SQL form is :func:`shared.delivery._status_from_deliveries`; broadcasts apply
+Its SQL form is :func:`shared.pipeline.status._status_from_deliveries`; broadcasts apply
 it once, to their final counts (:mod:`shared.broadcast_status`).
 """
 
@@ -12,7 +12,7 @@ OPEN = [status.value for status in OPEN_DELIVERY_STATUSES]
 
 
 def aggregate_status(counts: dict[str, int]) -> str:
-    """A notification's status from its deliveries' status counts (the rule :func:`shared.delivery.refresh_statuses` runs in SQL)."""
+    """A notification's status from its deliveries' status counts (the rule :func:`shared.pipeline.status.refresh_statuses` runs in SQL)."""
     total = sum(counts.values())
     if total == 0:
         return NotificationStatus.NO_DEVICES.value

@@ -29,8 +29,8 @@ def ping_workers(celery: Celery, timeout: float = 5.0, name: str | None = None) 
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for replies.")
 def worker_ping(name: str | None, timeout: float) -> None:
     """Health check for a Celery worker: exit 0 if it answers a ping over the broker, 1 otherwise."""
+    from broker.celery_app import make_celery
     from shared.config import Settings
-    from workers.celery_app import make_celery
 
     celery = make_celery(Settings.from_env())
     try:

@@ -17,11 +17,11 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from broker.celery_app import make_celery
 from shared import crypto
 from shared.config import Settings
 from shared.logging import configure_logging
 from workers import metrics as worker_metrics
-from workers.celery_app import make_celery
 from workers.logs import quiet_periodic_task_runs
 from workers.runtime import close_runtimes
 

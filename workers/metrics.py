@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from broker.queues import PLATFORM_QUEUES
+from shared.clock import utcnow
 from shared.config import Settings
-from shared.delivery import ClaimedDelivery
-from shared.models import utcnow
 from shared.observability.context import reset_request_ids, set_request_ids, task_request_ids
 from shared.observability.metrics import (
     claim_group_dir,
@@ -31,7 +31,7 @@ from shared.observability.metrics import (
     serve_metrics,
 )
 from shared.outcomes import Outcome, OutcomeKind
-from workers.celery_app import PLATFORM_QUEUES
+from shared.pipeline.values import ClaimedDelivery
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,17 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.dispatch import Dispatcher
 from shared import crypto
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.delivery import RetryPolicy
 from shared.models import App
+from shared.pipeline.values import RetryPolicy
 from shared.receipts import ReceiptTokens, derive_key
 from workers.adapters.apns import ApnsAdapter
 from workers.adapters.base import Adapter, AppCredentials
 from workers.adapters.fcm import FcmAdapter
 from workers.adapters.webpush import WebPushAdapter
-from workers.dispatch import Dispatcher
 
 
 class CredentialCache:

@@ -14,28 +14,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
-from shared import broadcast_fanout
-from shared.backlog import lost_before, queued_deliveries, try_sweep_lock
-from shared.db import after_commit, run_in_transaction, session_scope
-from shared.delivery import (
-    Chunk,
-    ClaimedDelivery,
-    claim_chunk,
-    fan_out,
-    record_outcomes,
-    release_due_deliveries,
-    release_due_retries,
-    stale_queued_notifications,
-)
-from shared.models import utcnow
-from shared.observability.context import current_request_ids, set_request_ids
-from shared.outcome_bus import publish_outcomes
-from shared.outcomes import Outcome
-from shared.services import housekeeping, idempotency, scheduled
-from shared.webhook_outbox import WebhookPolicy, claim_due_batches, load_batch, record_attempt
-from workers.adapters.base import ChunkInterrupted
-from workers.broker import probe_queues, publish_backlog, record_progress
-from workers.celery_app import (
+from broker.dispatch import Dispatcher
+from broker.queues import (
     BROADCAST_STEP_TASK,
     DELIVER_TASK,
     DELIVER_WEBHOOKS_TASK,
@@ -47,8 +27,23 @@ from workers.celery_app import (
     RELEASE_WEBHOOKS_TASK,
     SWEEP_TASK,
 )
-from workers.dispatch import Dispatcher
+from shared import broadcast_fanout
+from shared.backlog import lost_before, queued_deliveries, try_sweep_lock
+from shared.clock import utcnow
+from shared.db import after_commit, run_in_transaction, session_scope
+from shared.observability.context import current_request_ids, set_request_ids
+from shared.outcome_bus import publish_outcomes
+from shared.outcomes import Outcome
+from shared.pipeline.claim import claim_chunk
+from shared.pipeline.fanout import fan_out
+from shared.pipeline.record import record_outcomes
+from shared.pipeline.sweep import release_due_deliveries, release_due_retries, stale_queued_notifications
+from shared.pipeline.values import Chunk, ClaimedDelivery
+from shared.services import housekeeping, idempotency, scheduled
+from shared.webhook_outbox import WebhookPolicy, claim_due_batches, load_batch, record_attempt
+from workers.adapters.base import ChunkInterrupted
 from workers.metrics import record_chunk
+from workers.queue_progress import probe_queues, publish_backlog, record_progress
 from workers.runtime import WorkerRuntime, runtime
 from workers.webhook_sender import post_batch
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared.broadcast_fanout import segment_condition
 from shared.broadcast_status import delivery_counts
+from shared.clock import utcnow
 from shared.db import after_commit, after_rollback
 from shared.errors import InvalidPageCursor, ServiceError
 from shared.guards import QuotaDecision, QuotaExceeded, QuotaPolicy
@@ -34,7 +35,6 @@ from shared.models import (
     Notification,
     NotificationStatus,
     UserTag,
-    utcnow,
 )
 from shared.option_rules import needs_critical_entitlement
 from shared.pagination import InvalidCursor, Page, keyset_page, newest_first_page

@@ -31,9 +31,10 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.clock import utcnow
 from shared.errors import ServiceError
 from shared.guards import ClientAuthFailureLimiter
-from shared.models import OAuthClient, utcnow
+from shared.models import OAuthClient
 from shared.services.apps import get_app
 
 log = logging.getLogger(__name__)

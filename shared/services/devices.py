@@ -10,10 +10,11 @@ from datetime import datetime
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared.clock import utcnow
 from shared.db_upsert import dialect_insert
 from shared.errors import AppNotFound, DeviceNotFound
 from shared.guards import RegistrationLimiter
-from shared.models import Device, Enrollment, utcnow
+from shared.models import Device, Enrollment
 from shared.pagination import Page, keyset_page
 from shared.services import webhooks
 from shared.tokens import canonical_token

@@ -8,10 +8,11 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from shared.clock import utcnow
 from shared.db import rows_affected
 from shared.db_upsert import insert_ignore
 from shared.errors import EnrollmentNotFound
-from shared.models import Enrollment, utcnow
+from shared.models import Enrollment
 from shared.pagination import Page, keyset_page
 
 

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import Column, Table
 
 from shared import crypto
-from shared.models import Base, Device, utcnow
+from shared.clock import utcnow
+from shared.models import Base, Device
 from shared.tokens import device_token_hash
 
 

@@ -12,9 +12,10 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
-from shared.delivery import Chunk, chunked, refresh_statuses
 from shared.errors import NotificationNotFound, ServiceError
 from shared.models import Delivery, DeliveryStatus, Device, Notification
+from shared.pipeline.status import refresh_statuses
+from shared.pipeline.values import Chunk, chunked
 
 # Deliveries a re-drive sends again: attempts used up, or out of time before the TTL ended
 # (a retry that would have come after it). Rejected and dead-token ones are the vendor's final word.

@@ -16,9 +16,10 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import utcnow
 from shared.guards import QuotaDecision, QuotaPolicy
 from shared.message_options import NO_OPTIONS, Options
-from shared.models import Delivery, DeliveryStatus, Device, Platform, utcnow
+from shared.models import Delivery, DeliveryStatus, Device, Platform
 from shared.outcome_bus import WAIT_SLOT_GRACE_SECONDS, wait_for_outcomes, wait_slot
 from shared.services.patients import resolve_person
 from shared.services.sends import Enqueue, SendRequest, create_notifications

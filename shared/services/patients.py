@@ -8,10 +8,11 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from shared.clock import utcnow
 from shared.db import rows_affected
 from shared.db_upsert import dialect_insert
 from shared.errors import IdentityMappingNotFound, PatientNotFound
-from shared.models import Patient, utcnow
+from shared.models import Patient
 from shared.pagination import Page, keyset_page
 
 

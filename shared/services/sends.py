@@ -11,12 +11,13 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from shared.clock import utcnow
 from shared.db import after_commit, after_rollback
 from shared.errors import DataTooLarge, OptionsNotDeliverable, ServiceError, UserNotEnrolled
 from shared.guards import QuotaDecision, QuotaPolicy
 from shared.message import Message, compact_json
 from shared.message_options import NO_OPTIONS, Options
-from shared.models import App, Notification, NotificationStatus, utcnow
+from shared.models import App, Notification, NotificationStatus
 from shared.option_rules import needs_critical_entitlement, option_refusals
 from shared.services.accept_insert import content_fragment, insert_enrolled, rows_document
 from shared.services.enrollments import not_enrolled

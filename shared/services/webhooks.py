@@ -28,16 +28,10 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from shared.clock import utcnow
 from shared.egress import EndpointRefused, check_webhook_url
 from shared.errors import InvalidPageCursor, ServiceError
-from shared.models import (
-    Delivery,
-    Notification,
-    WebhookEndpoint,
-    WebhookEvent,
-    WebhookEventStatus,
-    utcnow,
-)
+from shared.models import Delivery, Notification, WebhookEndpoint, WebhookEvent, WebhookEventStatus
 from shared.pagination import InvalidCursor, Page, newest_first_page
 
 NOTIFICATION_COMPLETED = "notification.completed"

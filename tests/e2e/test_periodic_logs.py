@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from api.app import create_app
+from broker.queues import HOUSEKEEPING_TASK, RELEASE_SCHEDULED_TASK, SWEEP_TASK
+from shared.backlog import BACKLOG_KEY
 from shared.db import session_scope
 from shared.models import Notification
 from tests.support.harness import start_worker
 from tests.support.helpers import wait_for
-from workers.broker import BACKLOG_KEY
-from workers.celery_app import HOUSEKEEPING_TASK, RELEASE_SCHEDULED_TASK, SWEEP_TASK
 from workers.logs import PeriodicTaskRuns
 
 PERIODIC = re.compile(r"pushq\.(release_scheduled|sweep|housekeeping)|housekeeping:|scheduled notifications")

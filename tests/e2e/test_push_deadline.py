@@ -26,9 +26,9 @@ import pytest
 from sqlalchemy import text
 
 from api.app import create_app
+from broker.queues import ALL_QUEUES, FANOUT_QUEUE, PLATFORM_QUEUES
 from tests.support.faults import Proc, RedisServer, wait_until
 from tests.support.harness import TEST_ENV, LiveServer, Tenant
-from workers.celery_app import ALL_QUEUES, FANOUT_QUEUE, PLATFORM_QUEUES
 
 STALL_SECONDS = 120.0  # far beyond any deadline here: the stalled push never answers in time
 

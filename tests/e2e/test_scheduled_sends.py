@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, text
 
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import Notification, utcnow
+from shared.models import Notification
 from shared.services import scheduled
 from shared.services.sends import SendRequest, create_notifications
 from tests.support.flows import register_web

@@ -8,10 +8,13 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from shared.broadcast_fanout import fan_out_step, lost_steps
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.delivery import RetryPolicy, claim_chunk, record_outcomes
-from shared.models import Broadcast, Delivery, WebhookEvent, utcnow
+from shared.models import Broadcast, Delivery, WebhookEvent
 from shared.outcomes import Outcome
+from shared.pipeline.claim import claim_chunk
+from shared.pipeline.record import record_outcomes
+from shared.pipeline.values import RetryPolicy
 from shared.services import broadcasts, enrollments, tags, webhooks
 from shared.services.sends import SendRequest
 from tests.support.builders import add_device

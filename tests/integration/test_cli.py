@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from cli import main
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import App, Delivery, Notification, OAuthClient, utcnow
+from shared.models import App, Delivery, Notification, OAuthClient
 from shared.services.apps import set_daily_quota
 from tests.support.builders import add_device, add_notification
 from tests.support.harness import ROOT, TEST_ENV

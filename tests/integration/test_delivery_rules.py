@@ -2,7 +2,7 @@
 
 Every rule that touches the database runs twice: on PostgreSQL (production) and on
 SQLite (``make run`` with nothing configured), whose claim and outcome write take
-their own, portable statements (shared/delivery.py).
+their own, portable statements (shared/pipeline/).
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import delete, select, update
 
+from shared.clock import utcnow
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.delivery import (
-    RetryPolicy,
-    claim_chunk,
-    fan_out,
-    record_outcomes,
-    release_due_deliveries,
-    stale_queued_notifications,
-)
-from shared.models import Base, Delivery, Device, Notification, utcnow
+from shared.models import Base, Delivery, Device, Notification
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge, fit_body
+from shared.pipeline.claim import claim_chunk
+from shared.pipeline.fanout import fan_out
+from shared.pipeline.record import record_outcomes
+from shared.pipeline.sweep import release_due_deliveries, stale_queued_notifications
+from shared.pipeline.values import RetryPolicy
 from shared.schema import migrate
 from shared.services.devices import register_device, unregister_device
 from shared.services.sends import SendRequest, create_notifications

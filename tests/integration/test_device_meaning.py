@@ -18,10 +18,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.delivery import RetryPolicy, claim_chunk, fan_out, record_outcomes, release_due_deliveries
-from shared.models import Delivery, Device, Notification, utcnow
+from shared.models import Delivery, Device, Notification
 from shared.outcomes import Outcome
+from shared.pipeline.claim import claim_chunk
+from shared.pipeline.fanout import fan_out
+from shared.pipeline.record import record_outcomes
+from shared.pipeline.sweep import release_due_deliveries
+from shared.pipeline.values import RetryPolicy
 from shared.services.devices import register_device, unregister_device
 from shared.services.sends import SendRequest, create_notifications
 

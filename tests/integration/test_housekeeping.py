@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from shared.clock import utcnow
 from shared.config import ConfigError, Settings
 from shared.db import session_scope
-from shared.models import Delivery, Device, Notification, OAuthClient, utcnow
+from shared.models import Delivery, Device, Notification, OAuthClient
 from shared.services import housekeeping
 from shared.services.clients import create_client, revoke_client
 from tests.support.builders import add_device, add_notification
@@ -95,7 +96,8 @@ def test_settings_and_beat_schedule():
                 {"PUSHQ_REVOKED_CLIENT_DAYS": "1", "PUSHQ_TOKEN_LIFETIME_SECONDS": "90000"}):
         with pytest.raises(ConfigError):
             Settings.from_env({**TEST_ENV, **bad})
-    from workers.celery_app import HOUSEKEEPING_TASK, MAINTENANCE_QUEUE, RELEASE_SCHEDULED_TASK, make_celery
+    from broker.celery_app import make_celery
+    from broker.queues import HOUSEKEEPING_TASK, MAINTENANCE_QUEUE, RELEASE_SCHEDULED_TASK
 
     celery = make_celery(settings.replace(housekeeping_interval_seconds=600.0))
     schedule = {entry["task"]: entry["schedule"] for entry in celery.conf.beat_schedule.values()}

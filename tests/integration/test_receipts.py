@@ -73,7 +73,8 @@ def test_receipts_are_rate_limited_per_address(settings, database, session_facto
 
 def test_status_page_and_metrics_show_rates_and_the_webhook(client, settings, database, session_factory, tenant):
     from api.app import create_app
-    from shared.models import WebhookEndpoint, utcnow
+    from shared.clock import utcnow
+    from shared.models import WebhookEndpoint
     from shared.services import webhooks
 
     token = "admin-token-for-this-test-0123456789"

@@ -11,9 +11,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.delivery import fan_out, release_due_deliveries, release_due_retries
-from shared.models import Delivery, utcnow
+from shared.models import Delivery
+from shared.pipeline.fanout import fan_out
+from shared.pipeline.sweep import release_due_deliveries, release_due_retries
 from shared.services.devices import register_device
 from shared.services.sends import SendRequest, create_notifications
 

@@ -15,17 +15,15 @@ import pytest
 from sqlalchemy import event, insert, update
 
 from shared import crypto
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.delivery import (
-    RetryPolicy,
-    claim_chunk,
-    fan_out,
-    record_outcomes,
-    release_due_deliveries,
-    release_due_retries,
-)
-from shared.models import Delivery, Device, utcnow
+from shared.models import Delivery, Device
 from shared.outcomes import Outcome
+from shared.pipeline.claim import claim_chunk
+from shared.pipeline.fanout import fan_out
+from shared.pipeline.record import record_outcomes
+from shared.pipeline.sweep import release_due_deliveries, release_due_retries
+from shared.pipeline.values import RetryPolicy
 from shared.services.sends import SendRequest, create_notifications
 
 POLICY = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)

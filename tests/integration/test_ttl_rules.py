@@ -11,10 +11,14 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.delivery import RetryPolicy, claim_chunk, fan_out, record_outcomes
-from shared.models import Delivery, Notification, utcnow
+from shared.models import Delivery, Notification
 from shared.outcomes import Outcome
+from shared.pipeline.claim import claim_chunk
+from shared.pipeline.fanout import fan_out
+from shared.pipeline.record import record_outcomes
+from shared.pipeline.values import RetryPolicy
 from shared.services.devices import register_device
 from shared.services.sends import SendRequest, create_notifications
 

@@ -7,9 +7,12 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.delivery import disable_devices, fan_out, refresh_statuses
-from shared.models import Notification, WebhookEvent, utcnow
+from shared.models import Notification, WebhookEvent
+from shared.pipeline.fanout import fan_out
+from shared.pipeline.record import disable_devices
+from shared.pipeline.status import refresh_statuses
 from shared.services import webhooks
 from shared.services.devices import disable_devices_over_limit
 from tests.support.builders import add_device, add_notification

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from shared.models import Delivery, Device, Notification, utcnow
+from shared.clock import utcnow
+from shared.models import Delivery, Device, Notification
 
 
 def add_device(session, app_id, user_id, *, last_seen_days_ago: float = 0) -> Device:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 from werkzeug.serving import make_server
 
+from broker.queues import ALL_QUEUES
 from shared.config import Settings
 from shared.db import session_scope
 from shared.models import Base
@@ -35,7 +36,6 @@ from shared.token_signing import mint_token
 from standins.apns import ApnsStandin
 from standins.fcm import FcmStandin
 from tests.support.keys import ec_key_pair
-from workers.celery_app import ALL_QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shared.delivery import ClaimedDelivery
+    from shared.pipeline.values import ClaimedDelivery
 
 
 def wait_for(
@@ -44,8 +44,8 @@ def subscription_token(subscription: dict) -> str:
 
 def claimed_delivery(token: str, platform: str, *, expires_at: datetime, **fields: Any) -> ClaimedDelivery:
     """A delivery as a claim hands it to an adapter; ``fields`` may name delivery or message fields."""
-    from shared.delivery import ClaimedDelivery
     from shared.message import Message
+    from shared.pipeline.values import ClaimedDelivery
 
     message_fields = {name: fields.pop(name) for name in Message.columns() if name in fields}
     message_fields.setdefault("title", "Hello")

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.delivery import ClaimedDelivery
 from shared.outcomes import MAX_RETRY_AFTER_SECONDS, OutcomeKind
+from shared.pipeline.values import ClaimedDelivery
 from standins.apns import ApnsStandin
 from tests.support.helpers import claimed_delivery
 from tests.support.keys import ec_key_pair

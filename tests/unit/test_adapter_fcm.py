@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.delivery import ClaimedDelivery
 from shared.outcomes import MAX_RETRY_AFTER_SECONDS, Outcome, OutcomeKind
+from shared.pipeline.values import ClaimedDelivery
 from shared.vendor_payloads import fcm_payload
 from standins.fcm import FcmStandin
 from tests.support.helpers import claimed_delivery

@@ -17,10 +17,10 @@ from datetime import datetime
 
 from aioapns import PushType
 
-from shared.delivery import ClaimedDelivery
-from shared.models import utcnow
+from shared.clock import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge
+from shared.pipeline.values import ClaimedDelivery
 from shared.platforms import APNS_MAX_PAYLOAD_BYTES, APNS_TOKEN
 from shared.vendor_payloads import IOS, apns_priority, apns_push_type, fit
 from workers.adapters.base import (

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Protocol
 
-from shared.delivery import ClaimedDelivery
 from shared.models import App
 from shared.outcomes import MAX_RETRY_AFTER_SECONDS, Outcome, clamp_delay, clean_text
+from shared.pipeline.values import ClaimedDelivery
 from workers.vendors.loop import ChunkInterrupted
 
 __all__ = ["Adapter", "AppCredentials", "ChunkInterrupted", "chunk_budget", "parse_retry_after",

@@ -43,10 +43,10 @@ import requests
 from google.oauth2 import service_account
 
 from shared import vendor_payloads
-from shared.delivery import ClaimedDelivery
-from shared.models import utcnow
+from shared.clock import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge
+from shared.pipeline.values import ClaimedDelivery
 from shared.platforms import FCM_MAX_MESSAGE_BYTES
 from shared.vendor_payloads import fcm_with_token
 from workers.adapters.base import (

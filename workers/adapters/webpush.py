@@ -27,11 +27,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 
-from shared.delivery import ClaimedDelivery
+from shared.clock import utcnow
 from shared.egress import EndpointRefused, check_push_endpoint, is_public_address
-from shared.models import utcnow
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge
+from shared.pipeline.values import ClaimedDelivery
 from shared.platforms import WEBPUSH_MAX_PLAINTEXT_BYTES
 from shared.receipts import PAYLOAD_RESERVE_BYTES, ReceiptTokens
 from shared.vendor_payloads import WEB, NotDeliverable, fit, webpush_urgency

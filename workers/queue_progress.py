@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 from celery import Celery
 
+from broker.celery_app import is_amqp
 from shared.backlog import BACKLOG_KEY, DRAINED_KEY, HEAD_KEY, Backlog, QueueState, from_timestamp, measure_backlog
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,6 @@ if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
 if tonumber(ARGV[2]) > 0 then redis.call('INCRBY', KEYS[2], ARGV[2]) end
 return 1
 """
-
-
-def is_amqp(url: str | None) -> bool:
-    """Whether a broker URL names RabbitMQ (AMQP 0-9-1)."""
-    return url is not None and url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
 
 
 def record_progress(client: redis.Redis, queue: str, enqueued_at: float | None, finished: int) -> None:
@@ -120,7 +116,3 @@ def publish_backlog(client: redis.Redis, queued: int, ttl_seconds: int = 300) ->
         log.warning("could not store the backlog: %s", type(exc).__name__)
         return None
 
-
-def now_timestamp() -> float:
-    """The publish time dispatchers stamp on tasks (POSIX seconds)."""
-    return time.time()

@@ -9,15 +9,13 @@ each queue has got, so the sweep can tell lost work from work still waiting
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 
 from celery import Celery
 
-from shared.delivery import Chunk
-from shared.observability.context import task_headers
-from workers.broker import now_timestamp
-from workers.celery_app import (
+from broker.queues import (
     BROADCAST_STEP_TASK,
     DELIVER_TASK,
     DELIVER_WEBHOOKS_TASK,
@@ -26,6 +24,13 @@ from workers.celery_app import (
     PLATFORM_QUEUES,
     WEBHOOKS_QUEUE,
 )
+from shared.observability.context import task_headers
+from shared.pipeline.values import Chunk
+
+
+def now_timestamp() -> float:
+    """The publish time dispatchers stamp on tasks (POSIX seconds)."""
+    return time.time()
 
 
 class Dispatcher:

@@ -1,4 +1,7 @@
-"""The Celery application, built from the same Settings object as the API."""
+"""The Celery application, built from the same Settings object as the API.
+
+Here, not in workers/, because the API and the CLI publish through it too.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +10,24 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue
 
+from broker.queues import (
+    ALL_QUEUES,
+    DELIVER_TASK,
+    DELIVER_WEBHOOKS_TASK,
+    FANOUT_QUEUE,
+    HOUSEKEEPING_TASK,
+    MAINTENANCE_QUEUE,
+    RELEASE_SCHEDULED_TASK,
+    RELEASE_WEBHOOKS_TASK,
+    SWEEP_TASK,
+    WEBHOOKS_QUEUE,
+)
 from shared.config import Settings
-from workers.broker import is_amqp
 
-FANOUT_QUEUE = "fanout"
-MAINTENANCE_QUEUE = "maintenance"
-# Outcome webhooks: their own queue and time limits, so a slow or dead endpoint never delays a push.
-WEBHOOKS_QUEUE = "webhooks"
-# One queue per vendor so operators can size a worker pool per vendor.
-PLATFORM_QUEUES = {"web": "webpush", "ios": "apns", "android": "fcm"}
-ALL_QUEUES = (FANOUT_QUEUE, *PLATFORM_QUEUES.values(), MAINTENANCE_QUEUE, WEBHOOKS_QUEUE)
 
-# Task names are part of the wire format between API, scheduler and workers.
-FANOUT_TASK = "pushq.fanout"
-BROADCAST_STEP_TASK = "pushq.broadcast_step"
-DELIVER_TASK = "pushq.deliver"
-SWEEP_TASK = "pushq.sweep"
-RELEASE_SCHEDULED_TASK = "pushq.release_scheduled"
-HOUSEKEEPING_TASK = "pushq.housekeeping"
-RELEASE_WEBHOOKS_TASK = "pushq.release_webhooks"
-DELIVER_WEBHOOKS_TASK = "pushq.deliver_webhooks"
+def is_amqp(url: str | None) -> bool:
+    """Whether a broker URL names RabbitMQ (AMQP 0-9-1)."""
+    return url is not None and url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
 
 
 def queue_options(broker_url: str) -> dict[str, Any]:
