@@ -222,8 +222,13 @@ class Notification(Base):
 
     __tablename__ = "notifications"
     __table_args__ = (
+        # Each index and the queries that read it (a row costs every index's entry: keep only these):
+        # retention (services/housekeeping.delete_old_notifications: final status, created_at < cutoff) and the
+        # sweep (delivery.stale_queued_notifications: status 'queued', oldest created_at first).
         Index("ix_notifications_status_created_at", "status", "created_at"),
+        # An app's notifications newest first (GET /push/notifications, services/notifications: keyset pages).
         Index("ix_notifications_app_id_created_at", "app_id", "created_at"),
+        # The scheduler's release of due scheduled sends (services/scheduled: status 'scheduled', send_at <= now).
         Index("ix_notifications_status_send_at", "status", "send_at"),
         CheckConstraint(f"status IN ({_values(NotificationStatus)})", name="status"),
         CheckConstraint("priority IN ('high', 'normal')", name="priority"),
@@ -271,7 +276,11 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     __table_args__ = (
+        # Fan-out's ON CONFLICT DO NOTHING (running it twice makes no second delivery), a notification's
+        # deliveries (GET /push/notifications/<id>, outcome stats) and ON DELETE CASCADE from notifications.
         UniqueConstraint("notification_id", "device_id"),
+        # The claim (delivery.claim_chunk: pending, retrying when due, sending past its lease), the retry
+        # tick and the sweep's release, and the backlog count (backlog.queued_deliveries: status 'pending').
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         CheckConstraint(f"status IN ({_values(DeliveryStatus)})", name="status"),
     )
