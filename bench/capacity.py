@@ -90,7 +90,7 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {rate:,.0f} | {p['api_cores']} | {p['worker_cores']} | {p['postgres_cores']:,.1f} | "
                          f"{_size(p['storage_bytes'])} | {_size(p['wal_bytes_per_day'])} | "
                          f"{p['connections_direct']:,} / {p['connections_server']} | {p['first_limit']} at "
-                         f"{p['first_limit_rate']:,.0f}/s |")
+                         f"{p['first_limit_rate']:,.0f}/s{' (**exceeded**)' if rate > p['first_limit_rate'] else ''} |")
         lines.append("")
     lines.append(check(result))
     lines.append("")
