@@ -27,6 +27,7 @@ import pytest
 
 from shared.tokens import b64url_decode
 from tests.support.browser import chromium, wait_in_browser
+from tests.support.flows import register_web
 from tests.support.helpers import wait_for
 
 # Replaces the browser's PushManager before any page script runs: subscribe() answers with the subscription
@@ -300,9 +301,7 @@ def test_service_worker_reports_displayed_and_clicked(api, kit, tenant, push_ser
     user = uuid.uuid4()
     tenant.enroll(user)
     subscription = push_service.new_subscription(application_server_key=tenant.vapid_public_key)
-    registered = api.post("/push/devices/register", headers=tenant.user_headers(user),
-                          json={"app_id": str(tenant.id), "platform": "web", "push_token": json.dumps(subscription)})
-    assert registered.status_code == 201, registered.text
+    register_web(api, tenant, user, subscription)
     sent = [api.post("/push/send", headers=tenant.service_headers(),
                      json={"user_id": str(user), "title": f"Reminder {n}", "body": "Take your medication."})
             for n in range(2)]

@@ -90,3 +90,18 @@ def test_a_dead_endpoint_is_retried_and_shows_its_error(api, tenant, worker):
     assert event["status"] == "pending" and "connection failed" in event["last_error"]
     shown = api.get("/push/webhook", headers=tenant.service_headers()).json()
     assert "connection failed" in shown["last_error"] and shown["last_success_at"] is None
+
+
+def test_events_due_together_go_in_one_batch(api, tenant, worker):
+    with webhook_receiver() as receiver:
+        receiver.secrets.append(subscribe(api, tenant, receiver.url))
+        users = [uuid.uuid4() for _ in range(5)]
+        tenant.enroll(*users)
+        # Five users without devices: five notifications final at once, in one fan-out transaction.
+        sent = api.post("/push/send/bulk", json={"user_ids": [str(u) for u in users], "title": "t", "body": "b"},
+                        headers=tenant.service_headers())
+        ids = set(sent.json()["notification_ids"])
+        wait_for(lambda: {e["data"]["notification_id"] for e in receiver.events("notification.completed")} == ids)
+        batch = next(r for r in receiver.received if r.body["type"] == "batch")
+        assert len(batch.events) == 5 and batch.webhook_id.startswith("msg_batch_")
+        assert len({e["id"] for e in batch.events}) == 5 and receiver.unverified == 0

@@ -149,3 +149,32 @@ def test_events_listed_with_attempts(client, session_factory, tenant):
     assert item["status"] == "pending" and page["next_cursor"] is None
     assert client.get("/push/webhook", headers=tenant.service_headers()).get_json()["events"]["pending"] == 1
     assert client.get("/push/webhook/events?cursor=nope", headers=tenant.service_headers()).status_code == 400
+
+
+def test_device_disabled_by_an_outcome_says_why(client, session_factory, tenant):
+    """record_outcomes: a dead token is dead_token, an endpoint the egress rules now refuse is egress_refused."""
+    from datetime import timedelta
+
+    from shared.delivery import RetryPolicy, record_outcomes
+    from shared.outcomes import Outcome
+    from tests.support.helpers import claimed_delivery
+
+    subscribe(client, tenant)
+    user = uuid.uuid4()
+    with session_scope(session_factory) as session:
+        dead, refused = add_device(session, tenant.id, user), add_device(session, tenant.id, user)
+        notification = add_notification(session, tenant.id, user, "sending", 0, devices=[dead, refused])
+    results = [
+        (claimed_delivery(device.token, "web", expires_at=utcnow() + timedelta(hours=1), device_id=device.id,
+                          token_hash=device.token_hash, notification_id=notification, app_id=tenant.id), outcome)
+        for device, outcome in ((dead, Outcome.dead_token("push service answered 410: subscription gone")),
+                                (refused, Outcome.rejected("endpoint refused by the egress rules: endpoint must be "
+                                                           "an https URL", disable_device=True)))
+    ]
+    with session_scope(session_factory) as session:
+        record_outcomes(session, uuid.uuid4(), results, utcnow(), RetryPolicy())
+    reasons = {e.payload["device_id"]: (e.payload["reason"], e.payload["detail"])
+               for e in events(session_factory, tenant.id) if e.event_type == "device.disabled"}
+    assert reasons == {str(dead.id): ("dead_token", "push service answered 410: subscription gone"),
+                       str(refused.id): ("egress_refused", "endpoint refused by the egress rules: endpoint must be "
+                                                            "an https URL")}
