@@ -8,10 +8,10 @@ both together. A worker killed mid-step leaves the previous commit: its
 successor pages on from there, so nobody is skipped or served twice. Memory is
 one page whatever the audience.
 
-Pacing: with a rate of R deliveries per minute, a step releases at most
-``floor(R * elapsed / 60) + 1 - created`` deliveries, ``elapsed`` counted from
-the broadcast's start, so the release follows the rate however late a step runs;
-the next step is due when the next delivery is. Each step task carries the
+Pacing: with a rate of R deliveries per minute, delivery k is due k * 60 / R
+seconds after the first; a step releases the deliveries due by now (a late step
+catches up at most one second's worth, so no window ever sees a burst) and the
+next step is due when the next delivery is (:func:`paced`). Each step task carries the
 broadcast's ``step_token``; a step with another token (a copy the sweep replaced)
 does nothing, so one chain of steps runs per broadcast.
 """
@@ -63,15 +63,26 @@ def segment_condition(app_id: uuid.UUID, user_id: Any, tags_all: Collection[str]
     return and_(*conditions) if conditions else literal(True)
 
 
-def allowed_now(broadcast: Broadcast, now: datetime) -> tuple[int | None, float]:
-    """Deliveries the rate lets this step release (None: no rate), and seconds until the next one may go."""
+# A step that runs late releases at most this much of the rate's backlog at once: the rate
+# holds over any window (a slow queue never turns into a burst of everything owed).
+CATCH_UP_SECONDS = 1.0
+
+
+def paced(broadcast: Broadcast, now: datetime) -> tuple[int | None, datetime]:
+    """Deliveries the rate lets this step release (None: no rate), and the due time they count from.
+
+    ``next_step_at`` is when the next delivery is due (delivery k of a rate R is due
+    k * 60 / R seconds after the first); a step releases every delivery due by now,
+    counting from at most :data:`CATCH_UP_SECONDS` ago.
+    """
     rate = broadcast.rate_per_minute
-    if not rate or broadcast.started_at is None:
-        return None, 0.0
-    elapsed = max((now - broadcast.started_at).total_seconds(), 0.0)
-    allowed = math.floor(rate * elapsed / 60) + 1 - broadcast.deliveries_created
-    # The next delivery (number created + 1) may go once rate * elapsed / 60 reaches ``created``.
-    return max(allowed, 0), max(broadcast.deliveries_created * 60 / rate - elapsed, 0.0)
+    due = broadcast.next_step_at or now
+    if not rate:
+        return None, due
+    due = max(due, now - timedelta(seconds=CATCH_UP_SECONDS))
+    if due > now:
+        return 0, due
+    return math.floor((now - due).total_seconds() * rate / 60) + 1, due
 
 
 def fan_out_step(
@@ -83,11 +94,10 @@ def fan_out_step(
     if (broadcast is None or broadcast.status != BroadcastStatus.SENDING.value or broadcast.step_token != step_token
             or broadcast.fanned_out_at is not None):
         return Step([])
-    allowed, wait = allowed_now(broadcast, now)
+    allowed, due = paced(broadcast, now)
     limit = page_size if allowed is None else min(page_size, allowed)
     if limit == 0:
-        broadcast.next_step_at = now + timedelta(seconds=wait)
-        return Step([], next_in_seconds=wait)
+        return Step([], next_in_seconds=(due - now).total_seconds())
     page = session.execute(_page(broadcast, supported_platforms, limit)).all()
     inserted: list[Any] = []
     if page:
@@ -107,9 +117,11 @@ def fan_out_step(
     if len(page) < limit:
         broadcast.fanned_out_at, broadcast.next_step_at = now, None
         return Step(chunks, len(inserted), fanned_out=True)
-    _, wait = allowed_now(broadcast, now)
-    broadcast.next_step_at = now + timedelta(seconds=wait)
-    return Step(chunks, len(inserted), next_in_seconds=wait)
+    if broadcast.rate_per_minute:
+        broadcast.next_step_at = due + timedelta(seconds=len(page) * 60 / broadcast.rate_per_minute)
+    else:
+        broadcast.next_step_at = now
+    return Step(chunks, len(inserted), next_in_seconds=max((broadcast.next_step_at - now).total_seconds(), 0.0))
 
 
 def _page(broadcast: Broadcast, supported_platforms: Collection[str], limit: int) -> Any:

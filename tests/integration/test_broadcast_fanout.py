@@ -80,13 +80,16 @@ def test_a_segment_pages_only_its_users_and_a_stale_token_does_nothing(session_f
 def test_the_rate_releases_deliveries_as_time_passes(session_factory, tenant):
     users_with_devices(session_factory, tenant.id, 10)
     broadcast = accept(session_factory, tenant.id, broadcasts.Audience(), rate=60)  # one a second
-    start = broadcast.started_at
+    start = broadcast.next_step_at
     first = step(session_factory, broadcast, page_size=100, now=start)
     assert (first.created, first.next_in_seconds) == (1, 1.0)
-    later = step(session_factory, broadcast, page_size=100, now=start + timedelta(seconds=4.5))
-    assert (later.created, later.next_in_seconds) == (4, 0.5)
+    # 4.5 s later (a slow queue): one second's backlog is caught up, not everything owed.
+    late = step(session_factory, broadcast, page_size=100, now=start + timedelta(seconds=4.5))
+    assert (late.created, late.next_in_seconds) == (2, 1.0)
     early = step(session_factory, broadcast, page_size=100, now=start + timedelta(seconds=4.7))
-    assert early.created == 0 and abs(early.next_in_seconds - 0.3) < 1e-6
+    assert early.created == 0 and abs(early.next_in_seconds - 0.8) < 1e-6
+    on_time = step(session_factory, broadcast, page_size=100, now=start + timedelta(seconds=5.5))
+    assert (on_time.created, on_time.next_in_seconds) == (1, 1.0)
 
 
 def test_the_last_outcome_completes_the_broadcast_with_its_counts(session_factory, tenant):
