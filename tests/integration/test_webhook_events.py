@@ -155,8 +155,9 @@ def test_device_disabled_by_an_outcome_says_why(client, session_factory, tenant)
     """record_outcomes: a dead token is dead_token, an endpoint the egress rules now refuse is egress_refused."""
     from datetime import timedelta
 
-    from shared.delivery import RetryPolicy, record_outcomes
     from shared.outcomes import Outcome
+    from shared.pipeline.record import record_outcomes
+    from shared.pipeline.values import RetryPolicy
     from tests.support.helpers import claimed_delivery
 
     subscribe(client, tenant)
