@@ -2,7 +2,8 @@
 
 The beat sends ``release-scheduled`` every second (and the sweep, housekeeping …
 every interval); Celery logs three INFO lines for each run ("Sending due task",
-"received", "succeeded"), which would bury the requests and deliveries an operator
+"received", "succeeded"; and "Discarding revoked task" when a busy worker reaches a run past its
+``expires``, which is by design: the next tick replaces it), which would bury the requests and deliveries an operator
 wants to see. Those lines are logged at DEBUG instead; the tasks themselves log at
 INFO when they did something (released, re-enqueued, deleted) and at DEBUG when not.
 Failures keep their level.
@@ -14,8 +15,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-# The loggers Celery writes those lines to (worker: received and succeeded; beat: sending).
-CELERY_RUN_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+# The loggers Celery writes those lines to (worker: received, succeeded and expired runs discarded; beat: sending).
+CELERY_RUN_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.worker.request", "celery.beat")
 
 
 class PeriodicTaskRuns(logging.Filter):
@@ -39,6 +40,9 @@ class PeriodicTaskRuns(logging.Filter):
         args = record.args
         if record.name == "celery.beat" and isinstance(args, tuple) and len(args) == 2:  # "Sending due task %s (%s)"
             return str(args[1])
+        if record.name == "celery.worker.request" and isinstance(args, tuple) and len(args) == 2 \
+                and str(record.msg).startswith("Discarding revoked task"):  # "Discarding revoked task: %s[%s]"
+            return str(args[0])
         return None
 
 

@@ -89,3 +89,17 @@ def test_celery_lines_about_periodic_runs_are_debug_and_others_stay_info():
     finally:
         logging.getLogger("celery.beat").setLevel(logging.NOTSET)
         logging.getLogger("celery.worker.strategy").setLevel(logging.NOTSET)
+
+
+def test_an_expired_periodic_run_discarded_by_a_busy_worker_is_debug_and_a_revoked_send_stays_info():
+    """Under load the worker reaches a periodic run past its ``expires`` and discards it: by design (the next
+    tick replaces it), so not an INFO line every second; a discarded fan-out task is still worth seeing."""
+    runs = PeriodicTaskRuns([RELEASE_SCHEDULED_TASK, SWEEP_TASK, HOUSEKEEPING_TASK])
+    expired = _record("celery.worker.request", "Discarding revoked task: %s[%s]", (SWEEP_TASK, "1"))
+    fanout = _record("celery.worker.request", "Discarding revoked task: %s[%s]", ("pushq.fanout", "2"))
+    logging.getLogger("celery.worker.request").setLevel(logging.INFO)
+    try:
+        assert runs.filter(expired) is False and expired.levelname == "DEBUG"
+        assert runs.filter(fanout) is True and fanout.levelname == "INFO"
+    finally:
+        logging.getLogger("celery.worker.request").setLevel(logging.NOTSET)

@@ -51,29 +51,37 @@ def two_api_processes(engine, tmp_path):
     """Two independent gunicorn servers (2 worker processes each) on the test database and Redis."""
     env = {**os.environ, **TEST_ENV, "PYTHONWARNINGS": "ignore"}
     servers, logs = [], []
-    for index in range(2):
-        port = free_port()
-        log = open(tmp_path / f"api{index}.log", "w")  # noqa: SIM115 - closed below
-        logs.append(log)
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-             "--threads", "4", "api.wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        servers.append((process, f"http://127.0.0.1:{port}"))
-    for _process, url in servers:
-        def up(url=url):
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200
-            except httpx.HTTPError:
-                return False
+    try:
+        for index in range(2):
+            port = free_port()
+            log = open(tmp_path / f"api{index}.log", "w")  # noqa: SIM115 - closed below
+            logs.append(log)
+            process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                 "--threads", "4", "api.wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+            servers.append((process, f"http://127.0.0.1:{port}"))
+        for _process, url in servers:
+            def up(url=url):
+                try:
+                    return httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200
+                except httpx.HTTPError:
+                    return False
 
-        wait_for(up, timeout=30, interval=0.2)
-    yield [url for _, url in servers]
-    for process, _ in servers:
-        process.terminate()
-        process.wait(timeout=20)
-    for log in logs:
-        log.close()
+            # Start-up, not speed: a loaded 2-core machine can take well over 30 s to boot four workers.
+            wait_for(up, timeout=120, interval=0.2)
+        yield [url for _, url in servers]
+    finally:  # also when start-up failed: no process or open log file outlives the test
+        for process, _ in servers:
+            process.terminate()
+        for process, _ in servers:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
 
 
 def test_concurrent_bulk_sends_never_overshoot_the_quota_across_processes(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import event, insert, update
@@ -158,15 +159,20 @@ def test_delivering_a_chunk_costs_the_same_statements_for_10_and_100_deliveries(
     assert large == ["UPDATE", "UPDATE", "UPDATE", "SELECT", "UPDATE"]
 
 
-def release_statements(engine, session_factory, delivery_ids) -> tuple[list[str], list[str]]:
-    """Make the deliveries due retries; count the retry tick's release, then the sweep's (retries again)."""
-    now = utcnow()
+def release_statements(engine, session_factory, delivery_ids, others) -> tuple[list[str], list[str]]:
+    """Make the deliveries due retries; count the retry tick's release, then the sweep's (retries again).
+
+    The test acts two hours ahead: the suite's running worker releases due retries every second and would
+    otherwise take the test's rows first."""
+    now = utcnow() + timedelta(hours=2)
     counts = []
     for release in (lambda session: release_due_retries(session, now, 100),
                     lambda session: release_due_deliveries(session, now, 60, 300, 100)):
         with session_scope(session_factory) as session:
             session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids))
                             .values(status="retrying", next_attempt_at=now))
+            # The other chunk's deliveries final: two hours ahead, the sweep would count them as lost too.
+            session.execute(update(Delivery).where(Delivery.id.in_(others)).values(status="sent"))
         with counted(engine) as statements, session_scope(session_factory) as session:
             chunks = release(session)
         assert sum(len(c.delivery_ids) for c in chunks) == len(delivery_ids)
@@ -179,8 +185,8 @@ def test_releasing_due_work_costs_the_same_statements_for_10_and_100_deliveries(
     ids = accept_quietly(session_factory, tenant, users)
     with session_scope(session_factory) as session:
         by_size = {len(c.delivery_ids): c.delivery_ids for c in fan_out(session, ids, utcnow(), {"ios"}, 100)}
-    small_tick, small_sweep = release_statements(engine, session_factory, by_size[10])
-    large_tick, large_sweep = release_statements(engine, session_factory, by_size[100])
+    small_tick, small_sweep = release_statements(engine, session_factory, by_size[10], by_size[100])
+    large_tick, large_sweep = release_statements(engine, session_factory, by_size[100], by_size[10])
     assert (small_tick, small_sweep) == (large_tick, large_sweep)
     # the tick: one bounded UPDATE (a CTE picks the rows; it returns their apps)
     assert large_tick == ["WITH"]
