@@ -8,7 +8,8 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from api.option_schemas import WithOptions, option_fields
-from shared.models import DeliveryStatus, NotificationStatus, Platform
+from shared.models import DeliveryStatus, NotificationStatus
+from shared.platforms import PLATFORM_NAMES
 from shared.services.sends import MAX_BODY_CHARS, MAX_RECIPIENTS, MAX_TITLE_CHARS, MAX_TTL_SECONDS
 
 MAX_PUSH_TOKEN_CHARS = 8192
@@ -47,7 +48,7 @@ class QuotaErrorSchema(ErrorSchema):
 
 class RegisterDeviceRequest(Schema):
     app_id = fields.UUID(required=True)
-    platform = fields.String(required=True, validate=validate.OneOf([p.value for p in Platform]))
+    platform = fields.String(required=True, validate=validate.OneOf(PLATFORM_NAMES))
     push_token = fields.String(
         required=True,
         validate=validate.Length(min=1, max=MAX_PUSH_TOKEN_CHARS),
@@ -179,7 +180,7 @@ class NotificationIdsResponse(Schema):
 class DeliverySchema(Schema):
     id = fields.UUID(required=True)
     device_id = fields.UUID(required=True)
-    platform = fields.String(required=True, validate=validate.OneOf([p.value for p in Platform]))
+    platform = fields.String(required=True, validate=validate.OneOf(PLATFORM_NAMES))
     status = fields.String(required=True, validate=validate.OneOf([s.value for s in DeliveryStatus]))
     attempts = fields.Integer(required=True)
     vendor_message_id = fields.String(allow_none=True, required=True)
@@ -347,7 +348,7 @@ class DeviceSchema(Schema):
 
     id = fields.UUID(required=True)
     user_id = fields.UUID(required=True)
-    platform = fields.String(required=True, validate=validate.OneOf([p.value for p in Platform]))
+    platform = fields.String(required=True, validate=validate.OneOf(PLATFORM_NAMES))
     created_at = fields.AwareDateTime(required=True)
     last_seen_at = fields.AwareDateTime(required=True)
     disabled_at = fields.AwareDateTime(required=True, allow_none=True)

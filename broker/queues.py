@@ -5,12 +5,14 @@ Both sides import these names from here, so neither imports the other.
 
 from __future__ import annotations
 
+from shared.platforms import PLATFORMS
+
 FANOUT_QUEUE = "fanout"
 MAINTENANCE_QUEUE = "maintenance"
 # Outcome webhooks: their own queue and time limits, so a slow or dead endpoint never delays a push.
 WEBHOOKS_QUEUE = "webhooks"
-# One queue per vendor so operators can size a worker pool per vendor.
-PLATFORM_QUEUES = {"web": "webpush", "ios": "apns", "android": "fcm"}
+# One queue per vendor so operators can size a worker pool per vendor (the platform registry names them).
+PLATFORM_QUEUES = {name: spec.queue for name, spec in PLATFORMS.items()}
 ALL_QUEUES = (FANOUT_QUEUE, *PLATFORM_QUEUES.values(), MAINTENANCE_QUEUE, WEBHOOKS_QUEUE)
 
 # Task names are part of the wire format between API, scheduler and workers.

@@ -29,12 +29,16 @@ from typing import Any
 from shared.message import Message, compact_json
 from shared.message_options import merge
 from shared.payloads import ELLIPSIS, PayloadTooLarge, fit_body
-from shared.platforms import APNS_MAX_PAYLOAD_BYTES, FCM_MAX_MESSAGE_BYTES, WEBPUSH_MAX_PLAINTEXT_BYTES
+from shared.platforms import ANDROID as ANDROID_PLATFORM
+from shared.platforms import IOS as IOS_PLATFORM
+from shared.platforms import PLATFORM_NAMES
+from shared.platforms import PLATFORMS as PLATFORM_SPECS
+from shared.platforms import WEB as WEB_PLATFORM
 
-WEB, IOS, ANDROID = "web", "ios", "android"  # shared.models.Platform's values
-PLATFORMS = (WEB, IOS, ANDROID)
-VENDORS = {WEB: "Web Push", IOS: "APNs", ANDROID: "FCM"}
-LIMITS = {WEB: WEBPUSH_MAX_PLAINTEXT_BYTES, IOS: APNS_MAX_PAYLOAD_BYTES, ANDROID: FCM_MAX_MESSAGE_BYTES}
+WEB, IOS, ANDROID = WEB_PLATFORM.name, IOS_PLATFORM.name, ANDROID_PLATFORM.name  # the registry's (shared.platforms)
+PLATFORMS = PLATFORM_NAMES
+VENDORS = {name: spec.vendor for name, spec in PLATFORM_SPECS.items()}
+LIMITS = {name: spec.max_payload_bytes for name, spec in PLATFORM_SPECS.items()}
 FCM_MAX_TTL_SECONDS = 28 * 24 * 3600  # FCM's android.ttl range is 0-28 days
 
 # FCM data keys that are FCM's own (HTTP v1 reference: "from", "message_type", or any word starting

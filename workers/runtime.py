@@ -24,11 +24,8 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import App
 from shared.pipeline.values import RetryPolicy
-from shared.receipts import ReceiptTokens, derive_key
-from workers.adapters.apns import ApnsAdapter
+from workers.adapter_factories import build_adapters
 from workers.adapters.base import Adapter, AppCredentials
-from workers.adapters.fcm import FcmAdapter
-from workers.adapters.webpush import WebPushAdapter
 
 
 class CredentialCache:
@@ -85,17 +82,8 @@ class WorkerRuntime:
 
     @cached_property
     def adapters(self) -> dict[str, Adapter]:
-        s = self.settings
-        return {
-            "web": WebPushAdapter(s.vendor_connect_timeout, s.push_deadline, concurrency=s.push_concurrency,
-                                  allow_http_loopback=s.allow_http_endpoints, extra_hosts=s.webpush_extra_hosts,
-                                  receipts=ReceiptTokens(derive_key(s.receipt_key, s.token_hash_key))),
-            # Every adapter honours the push deadline: Settings.deliver_time_limits assume it.
-            "ios": ApnsAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, host=s.apns_host, port=s.apns_port,
-                               ca_file=s.apns_ca_file, deadline=s.push_deadline),
-            "android": FcmAdapter(s.vendor_connect_timeout, s.vendor_read_timeout, base_url=s.fcm_base_url,
-                                  max_workers=s.push_concurrency, deadline=s.push_deadline),
-        }
+        """One adapter per platform of the registry (shared/platforms.py), built here, after the fork."""
+        return build_adapters(self.settings)
 
     def close(self) -> None:
         """Close vendor connections (worker process shutdown)."""

@@ -31,14 +31,14 @@ from shared.models import (
     Device,
     Notification,
     NotificationStatus,
-    Platform,
 )
+from shared.platforms import PLATFORMS
 from shared.services.outcome_stats import ReceiptRates, WebhookStatus, receipt_rates, webhook_status
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 #: The vendor behind each platform, as the page names them.
-VENDORS = {Platform.WEB.value: "Web Push", Platform.IOS.value: "APNs", Platform.ANDROID.value: "FCM"}
+VENDORS = {name: spec.vendor for name, spec in PLATFORMS.items()}
 _FINAL_DELIVERY_STATUSES = tuple(s.value for s in DeliveryStatus if s not in OPEN_DELIVERY_STATUSES)
 
 
