@@ -6,7 +6,7 @@ from flask import Blueprint, current_app
 
 from api.auth import Principal
 from api.endpoints import endpoint, parse_id
-from api.metrics import count_accepted, current_request_id, enqueue_with_request_id
+from api.metrics import count_accepted, current_request_id
 from api.request_session import db_session
 from api.schemas import (
     BatchSendRequest,
@@ -30,6 +30,7 @@ from api.schemas import (
 )
 from shared.clock import utcnow
 from shared.errors import DeviceNotFound, EnrollmentNotFound, NotificationNotFound
+from shared.outbox import signaller
 from shared.services import devices, enrollments, notifications, scheduled, sends
 
 bp = Blueprint("push", __name__)
@@ -90,7 +91,7 @@ def _create(principal: Principal, requests: list[sends.SendRequest]) -> tuple[li
         principal.app_id,
         requests,
         default_ttl=pushq.settings.default_ttl_seconds,
-        enqueue=enqueue_with_request_id(pushq.dispatcher),
+        enqueue=signaller(pushq.redis),  # the rows are the outbox: wake the fan-out workers' pump
         quota=pushq.quota,
         request_id=current_request_id(),
     )

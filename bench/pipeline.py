@@ -903,6 +903,9 @@ def _phases(ctx: Context, info: dict[str, Any]) -> dict[str, Any]:
     memory = phase_memory(ctx, web_app, web_users)
     single_storage = phase_single_storage(ctx)
     retention = phase_retention(ctx, single_storage.pop("app_id"), single_storage.pop("device_ids"))
+    from bench.front_door import phase_front_door
+
+    front_door = phase_front_door(ctx, web_app, web_users, web["worker_cpu_per_delivery_s"])
     ctx.details.update(web=web, apns=apns, fcm=fcm, singles=singles, bulk_latencies_s=bulk_latencies,
                        fanout_seconds=fanout, memory=memory, bulk_storage=bulk_storage,
                        single_storage=single_storage, retention=retention)
@@ -937,6 +940,7 @@ def _phases(ctx: Context, info: dict[str, Any]) -> dict[str, Any]:
                + (" (quick mode: not 100,000)" if ctx.scale.name == "quick" else ""), "%",
                [memory["growth"] * 100], 5.0, "<=", "< 5 %"),
         *storage_figures(bulk_storage, single_storage, retention),
+        *front_door,
     ]
     return {"when": datetime.now(UTC).isoformat(timespec="seconds"), "mode": ctx.scale.name,
             "machine": info, "scale": ctx.scale.__dict__, "figures": [f.to_json() for f in figures],
@@ -977,6 +981,8 @@ def _format(value: float, unit: str) -> str:
         return "n/a"
     if unit == "%":
         return f"{value:+.1f} %"
+    if unit == "×":
+        return f"{value:.2f}×"
     if unit in ("ms", "s"):
         return f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
     if unit == "":

@@ -23,6 +23,7 @@ from shared.config import Settings
 from shared.logging import configure_logging
 from workers import metrics as worker_metrics
 from workers.logs import quiet_periodic_task_runs
+from workers.outbox_pump import OutboxPumpStep
 from workers.runtime import close_runtimes
 
 settings = Settings.from_env()
@@ -30,6 +31,7 @@ configure_logging(settings.log_level, settings.log_format)
 crypto.configure(settings)  # fail at boot, not at the first task, when keys are missing
 app = make_celery(settings)
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+app.steps["consumer"].add(OutboxPumpStep)  # fans out what the API accepted (shared/outbox.py)
 quiet_periodic_task_runs(app.conf.beat_schedule)  # Celery's lines about each beat run at DEBUG (workers/logs.py)
 
 
