@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import rows_affected, run_in_transaction
-from shared.models import Device, Notification, NotificationStatus, OAuthClient
+from shared.models import Device, Notification, NotificationStatus, OAuthClient, WebhookEvent, WebhookEventStatus
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class HousekeepingReport:
     notifications_deleted: int = 0
     devices_disabled: int = 0
     clients_deleted: int = 0
+    webhook_events_deleted: int = 0
     batches: dict[str, int] = field(default_factory=dict)
 
 
@@ -97,6 +98,16 @@ def delete_revoked_clients(session: Session, now: datetime, revoked_days: int, b
     return rows_affected(result)
 
 
+def delete_old_webhook_events(session: Session, now: datetime, older_than_days: int, batch_size: int) -> int:
+    """Delete one batch of webhook events delivered or given up more than ``older_than_days`` ago (pending stay)."""
+    cutoff = now - timedelta(days=older_than_days)
+    batch = (select(WebhookEvent.id)
+             .where(WebhookEvent.status != WebhookEventStatus.PENDING.value, WebhookEvent.created_at < cutoff)
+             .limit(batch_size))
+    return rows_affected(session.execute(
+        delete(WebhookEvent).where(WebhookEvent.id.in_(batch)).execution_options(synchronize_session=False)))
+
+
 def in_batches(
     session_factory: sessionmaker[Session], job: Callable[[Session], int], batch_size: int, max_batches: int | None
 ) -> tuple[int, int]:
@@ -120,6 +131,8 @@ def run(session_factory: sessionmaker[Session], now: datetime, policy: Housekeep
     if policy.retention_days > 0:
         report.notifications_deleted, report.batches["notifications"] = in_batches(
             session_factory, lambda s: delete_old_notifications(s, now, policy.retention_days, size), size, limit)
+        report.webhook_events_deleted, report.batches["webhook_events"] = in_batches(
+            session_factory, lambda s: delete_old_webhook_events(s, now, policy.retention_days, size), size, limit)
     if policy.device_idle_days > 0:
         report.devices_disabled, report.batches["devices"] = in_batches(
             session_factory, lambda s: disable_idle_devices(s, now, policy.device_idle_days, size), size, limit)

@@ -103,3 +103,20 @@ def test_settings_and_beat_schedule():
     schedule = {entry["task"]: entry["schedule"] for entry in celery.conf.beat_schedule.values()}
     assert schedule[RELEASE_SCHEDULED_TASK] == 1.0 and schedule[HOUSEKEEPING_TASK] == 600.0
     assert celery.conf.task_routes[RELEASE_SCHEDULED_TASK] == {"queue": MAINTENANCE_QUEUE}
+
+
+def test_old_webhook_events_go_once_final(session_factory, tenant):
+    from datetime import timedelta
+
+    from shared.models import WebhookEvent
+
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        for status, age in (("delivered", 40), ("failed", 40), ("pending", 40), ("delivered", 10)):
+            session.add(WebhookEvent(app_id=tenant.id, event_type="device.disabled", payload={}, status=status,
+                                     attempts=1, next_attempt_at=now, created_at=now - timedelta(days=age)))
+    policy = housekeeping.HousekeepingPolicy(retention_days=30, device_idle_days=0, revoked_client_days=0)
+    assert housekeeping.run(session_factory, now, policy).webhook_events_deleted == 2
+    with session_scope(session_factory) as session:
+        left = sorted((e.status, (now - e.created_at).days) for e in session.scalars(select(WebhookEvent)))
+    assert left == [("delivered", 10), ("pending", 40)]  # young, or still to be delivered
