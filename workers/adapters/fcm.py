@@ -11,18 +11,21 @@
   used: in google-auth >= 2.60 they also start a background "regional access
   boundary" lookup at iamcredentials.googleapis.com. The adapter calls
   ``credentials.refresh`` itself and writes the ``Authorization`` header.
-* The deliveries of a chunk are sent concurrently on one event loop per worker
-  process (aiohttp, as for Web Push; keep-alive connections reused across tasks),
-  at most ``max_workers`` connections at once, each push bounded by the push
-  deadline (``PUSHQ_PUSH_DEADLINE_SECONDS``) and the whole chunk, token fetch
-  included, by its waves of deadlines; answers that came back are kept when the
-  chunk stops early. (httpx's async pool was measured at ~7 ms of CPU per request here:
-  it rescans every waiting request and polls every idle socket on each change.)
+* The token request itself goes through the same wire client as the pushes
+  (:class:`_WireTokenTransport`, google-auth's transport interface), under the
+  push deadline.
+* The deliveries of a chunk are sent concurrently (:class:`workers.adapters.pushes.PushRunner`,
+  as for Web Push: one event loop per worker process, the wire client's
+  connections reused across tasks, HTTP/2 to FCM by ALPN), at most
+  ``max_workers`` at once, each push bounded by the push deadline
+  (``PUSHQ_PUSH_DEADLINE_SECONDS``) and the whole chunk, token fetch included, by
+  its waves of deadlines; answers that came back are kept when the chunk stops
+  early. (httpx's async pool was measured at ~7 ms of CPU per request here: it
+  rescans every waiting request and polls every idle socket on each change.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 import logging
@@ -36,10 +39,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import google.auth.exceptions
-import google.auth.transport.requests
-import requests
+import google.auth.transport
 from google.oauth2 import service_account
 
 from shared import vendor_payloads
@@ -49,15 +50,9 @@ from shared.payloads import PayloadTooLarge
 from shared.pipeline.values import ClaimedDelivery
 from shared.platforms import FCM_MAX_MESSAGE_BYTES
 from shared.vendor_payloads import fcm_with_token
-from workers.adapters.base import (
-    AppCredentials,
-    ChunkInterrupted,
-    chunk_budget,
-    parse_retry_after,
-    unanswered_as_retries,
-    vendor_text,
-)
-from workers.vendors.loop import LoopThread
+from workers.adapters.base import AppCredentials, chunk_budget, parse_retry_after, vendor_text
+from workers.adapters.pushes import PushRunner
+from workers.vendors.wire import Headers, Protocol, Request, WireClient, WireError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +63,7 @@ QUOTA_RETRY_FLOOR_SECONDS = 60.0  # Google: back off at least a minute on QUOTA_
 MAX_REASON_CHARS = 300
 MAX_NAME_CHARS = 512  # "projects/<project>/messages/<id>"
 MAX_ANSWER_BYTES = 64 * 1024
+MAX_TOKEN_ANSWER_BYTES = 64 * 1024
 
 
 def fcm_data(delivery: ClaimedDelivery) -> dict[str, str]:
@@ -146,17 +142,45 @@ def classify_response(response: _Answer, truncated: bool = False) -> tuple[Outco
     return Outcome.rejected(reason), False
 
 
-class _TimeoutRequest(google.auth.transport.requests.Request):
-    """google-auth's requests transport with our timeouts (its default is 120 s)."""
+class _TokenAnswer(google.auth.transport.Response):
+    """The token endpoint's answer as google-auth reads it."""
 
-    def __init__(self, session: requests.Session, timeout: tuple[float, float]) -> None:
-        super().__init__(session=session)
-        self._timeout = timeout
+    def __init__(self, status: int, headers: Headers, data: bytes) -> None:
+        self._status, self._headers, self._data = status, headers, data
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return dict(self._headers.items())
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+
+class _WireTokenTransport(google.auth.transport.Request):
+    """google-auth's transport interface over the wire client (called on a refresher thread;
+    the request runs on the pushes' event loop), bounded by ``deadline`` seconds."""
+
+    def __init__(self, pushes: PushRunner, deadline: float) -> None:
+        self.pushes, self.deadline = pushes, deadline
 
     def __call__(
         self, url: str, method: str = "GET", body: Any = None, headers: Any = None, timeout: Any = None, **kwargs: Any
-    ) -> Any:
-        return super().__call__(url, method, body, headers, timeout=timeout or self._timeout, **kwargs)
+    ) -> google.auth.transport.Response:
+        data = body.encode() if isinstance(body, str) else bytes(body or b"")
+        request = Request(method, url, [(str(k), str(v)) for k, v in (headers or {}).items()], data)
+        client = self.pushes.client
+        try:
+            answer = self.pushes.call(
+                lambda: client.request(request, deadline=self.deadline, max_body=MAX_TOKEN_ANSWER_BYTES),
+                self.deadline + 1.0)
+        except (TimeoutError, WireError, ValueError, concurrent.futures.CancelledError) as exc:
+            raise google.auth.exceptions.TransportError(f"{type(exc).__name__}: {exc}") from exc
+        return _TokenAnswer(answer.status, answer.headers, answer.body)
 
 
 class _CredentialsProblem(Exception):
@@ -187,25 +211,24 @@ class FcmAdapter:
         base_url: str = "https://fcm.googleapis.com",
         max_workers: int = 16,
         deadline: float | None = None,
+        cleartext: Protocol = Protocol.HTTP1,
+        ca_file: str | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.clock = clock
         self.base_url = base_url.rstrip("/")
         self.max_workers = max(1, max_workers)
-        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         # The whole of one push: connect, send and the whole answer (a per-read timeout alone
         # lets a service answering one byte at a time hold the worker without end).
         self.deadline = deadline if deadline is not None else connect_timeout + read_timeout
-        self._loop = LoopThread("pushq-fcm")
-        self._client: aiohttp.ClientSession | None = None
-        self._pid = os.getpid()
-        # Token endpoint traffic (rare): google-auth's requests transport, no proxies from the environment,
-        # on threads of its own so a chunk waits for a token at most the push deadline.
+        client = WireClient(connect_timeout=connect_timeout, cleartext=cleartext, ca_file=ca_file,
+                            max_http1_connections=self.max_workers)
+        self.pushes = PushRunner("FCM", client, concurrency=self.max_workers, deadline=self.deadline)
+        # Token requests (rare) run through the same client, on threads of their own so a chunk
+        # waits for a token at most the push deadline.
         self._refresher: concurrent.futures.ThreadPoolExecutor | None = None
         self._refresher_pid = os.getpid()
-        self.token_session = requests.Session()
-        self.token_session.trust_env = False
-        self.token_request = _TimeoutRequest(self.token_session, (connect_timeout, read_timeout))
+        self.token_request = _WireTokenTransport(self.pushes, self.deadline)
         self._auth: dict[uuid.UUID, _AppAuth] = {}
         self._auth_lock = threading.Lock()
 
@@ -315,76 +338,33 @@ class FcmAdapter:
             return [problem.outcome] * len(deliveries)
         url = f"{self.base_url}/v1/projects/{quote(project_id, safe='')}/messages:send"
         budget = max(until - time.monotonic(), 0.0)
-        try:
-            answers = self._loop.run_each(
-                len(deliveries), lambda i: self._send_safely(auth, token, url, deliveries[i]), budget
-            )
-        except ChunkInterrupted as interrupted:  # the task's time limit: keep what came back
-            raise ChunkInterrupted(unanswered_as_retries(interrupted.partial, interrupted.cause),
-                                   interrupted.cause) from interrupted
-        except Exception as exc:
-            log.exception("fcm: chunk of %d failed", len(deliveries))
-            return [Outcome.retry(f"FCM client error: {type(exc).__name__}")] * len(deliveries)
-        return unanswered_as_retries(answers, None)
+        return self.pushes.run(len(deliveries), lambda i: self._send(auth, token, url, deliveries[i]), budget)
 
-    def _client_session(self) -> aiohttp.ClientSession:
-        """This process's connection pool (on the loop's thread)."""
-        if self._pid != os.getpid():  # forked: the parent's session belongs to the parent's loop
-            self._client, self._pid = None, os.getpid()
-        if self._client is None:
-            self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_workers, ttl_dns_cache=60),
-                trust_env=False, auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout,
-                                              sock_read=self.read_timeout),
-            )
-        return self._client
-
-    async def _send_safely(self, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery) -> Outcome:
-        # A chunk's outcomes must all come back: an unexpected error on one
-        # delivery becomes a retry, not an exception losing the others' outcomes.
-        try:
-            return await self._send(self._client_session(), auth, token, url, delivery)
-        except Exception as exc:
-            log.exception("fcm: unexpected error sending delivery %s", delivery.delivery_id)
-            return Outcome.retry(f"unexpected error sending to FCM: {type(exc).__name__}")
-
-    async def _send(
-        self, client: aiohttp.ClientSession, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery
-    ) -> Outcome:
+    async def _send(self, auth: _AppAuth, token: str, url: str, delivery: ClaimedDelivery) -> Outcome:
         try:
             message, truncated = fit_message(delivery, self.clock())  # the TTL left at this push
         except PayloadTooLarge as exc:
             return Outcome.rejected(f"payload too large for FCM: {exc}")
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"}
+        headers = [("authorization", f"Bearer {token}"), ("content-type", "application/json; charset=UTF-8")]
+        request = Request("POST", url, headers, b'{"message":' + message + b"}")
         try:
-            async with asyncio.timeout(self.deadline):
-                async with client.post(url, data=b'{"message":' + message + b"}", headers=headers,
-                                       allow_redirects=False) as response:
-                    # Bounded: FCM's answers are small; a broken one must not be read without end.
-                    answer = _Answer(response.status, response.headers,
-                                     await response.content.read(MAX_ANSWER_BYTES))
+            async with self.pushes.limit(self.base_url):
+                # Bounded: FCM's answers are small; a broken one must not be read without end.
+                answer = await self.pushes.request(request, max_body=MAX_ANSWER_BYTES)
         except TimeoutError:
             return Outcome.retry("FCM timed out")
-        except aiohttp.ClientError as exc:
+        except WireError as exc:
             return Outcome.retry(f"connection to FCM failed: {type(exc).__name__}")
-        outcome, drop_token = classify_response(answer, truncated)
+        outcome, drop_token = classify_response(_Answer(answer.status, answer.headers, answer.body), truncated)
         if drop_token:
             self._drop_token(auth, token)
         return outcome
 
     def close(self) -> None:
-        async def shutdown() -> None:
-            if self._client is not None:
-                await self._client.close()
-                self._client = None
-
-        self._loop.close(shutdown)
-        self._client = None
+        self.pushes.close()
         if self._refresher is not None:
             self._refresher.shutdown(wait=False, cancel_futures=True)
             self._refresher = None
-        self.token_session.close()
 
 
 class _Answer:
@@ -393,7 +373,7 @@ class _Answer:
 
     __slots__ = ("body", "headers", "status_code")
 
-    def __init__(self, status_code: int, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(self, status_code: int, headers: Headers | Mapping[str, str], body: bytes) -> None:
         self.status_code, self.headers, self.body = status_code, headers, body
 
     def json(self) -> Any:

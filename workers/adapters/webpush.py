@@ -1,49 +1,41 @@
-"""Web Push (RFC 8030/8291/8292): aes128gcm encryption, cached VAPID, concurrent pushes over keep-alive.
+"""Web Push (RFC 8030/8291/8292): aes128gcm encryption, cached VAPID, the push service's answer as an outcome.
 
-Pushes of a chunk go out concurrently on one event loop per worker process
-(aiohttp, already a dependency of pywebpush), at most ``concurrency`` at once
-per push-service origin, over connections kept alive across tasks. Each push
-has an overall deadline (connect, send and the whole answer). Redirects are
-never followed and at most ``MAX_ANSWER_BYTES`` of an answer are read.
+The adapter builds each request (the egress rules checked again at the push,
+the payload encrypted for the subscription, the VAPID header for its origin) and
+maps the answer to an outcome. How requests travel is
+:class:`workers.adapters.pushes.PushRunner`'s business: concurrently on one
+event loop per worker process, at most ``concurrency`` at once per push-service
+origin, over the wire client's connections (HTTP/2 where the push service offers
+it by ALPN, else HTTP/1.1 keep-alive), each under the push deadline, at most
+``MAX_ANSWER_BYTES`` of an answer read, redirects never followed, and
+connections only to public addresses (:mod:`workers.vendors.wire.addresses`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import ipaddress
 import json
 import logging
-import os
-import socket
-import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from urllib.parse import urlsplit
 
-import aiohttp
 import http_ece
-from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 
 from shared.clock import utcnow
-from shared.egress import EndpointRefused, check_push_endpoint, is_public_address
+from shared.egress import EndpointRefused, check_push_endpoint
 from shared.outcomes import Outcome
 from shared.payloads import PayloadTooLarge
 from shared.pipeline.values import ClaimedDelivery
 from shared.platforms import WEBPUSH_MAX_PLAINTEXT_BYTES
 from shared.receipts import PAYLOAD_RESERVE_BYTES, ReceiptTokens
 from shared.vendor_payloads import WEB, NotDeliverable, fit, webpush_urgency
-from workers.adapters.base import (
-    AppCredentials,
-    ChunkInterrupted,
-    chunk_budget,
-    parse_retry_after,
-    unanswered_as_retries,
-    vendor_text,
-)
-from workers.vendors.loop import LoopThread
+from workers.adapters.base import AppCredentials, parse_retry_after, vendor_text
+from workers.adapters.pushes import PushRunner
+from workers.vendors.wire import EgressRefused, Headers, Protocol, Request, WireClient, WireError
+from workers.vendors.wire.addresses import AddressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -87,44 +79,6 @@ class VapidHeaders:
 EGRESS_REFUSED_AT_CONNECT = "egress refused at connect: the push service host resolved to no public address"
 
 
-class NonPublicAddress(OSError):
-    """A push service's host name resolved to no address pushq may connect to."""
-
-
-class PublicAddressResolver(AbstractResolver):
-    """Resolve with aiohttp's default resolver and keep only public addresses.
-
-    The connection then goes to an address that was checked (TLS still verifies
-    the host name), so a DNS answer pointing an allowed push-service name at
-    loopback, a private network or the metadata service (DNS rebinding) cannot
-    reach inside. Such a push is a retry, never a dead device: the endpoint
-    passed the rules, and a resolver fault must not disable a push service's
-    every device. ``allow_loopback`` is for development only
-    (``PUSHQ_ALLOW_HTTP_ENDPOINTS``, the local stand-in push service).
-    """
-
-    def __init__(self, allow_loopback: bool = False) -> None:
-        self._inner = aiohttp.DefaultResolver()
-        self.allow_loopback = allow_loopback
-
-    def _allowed(self, address: str) -> bool:
-        if is_public_address(address):
-            return True
-        return self.allow_loopback and ipaddress.ip_address(address).is_loopback
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [result for result in results if self._allowed(result["host"])]
-        if not allowed:
-            raise NonPublicAddress(f"{host} resolves to no public address")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 class Subscription:
     """A browser's push subscription as stored in the device token: endpoint and its keys."""
 
@@ -149,7 +103,7 @@ class Subscription:
         return encrypted
 
 
-def classify(status: int, headers: Mapping[str, str], truncated: bool = False) -> Outcome:
+def classify(status: int, headers: Headers, truncated: bool = False) -> Outcome:
     """A push service's answer as an outcome; nothing beyond the status code is kept from a refusal."""
     if status in (200, 201, 202):
         # A header that is not UTF-8 arrives with surrogate escapes: cleaned, never stored as it is.
@@ -186,6 +140,8 @@ class WebPushAdapter:
         concurrency: int = 32,
         allow_http_loopback: bool = False,
         extra_hosts: Sequence[str] = (),
+        cleartext: Protocol = Protocol.HTTP1,
+        ca_file: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         receipts: ReceiptTokens | None = None,
     ) -> None:
@@ -193,61 +149,21 @@ class WebPushAdapter:
         # a device stored before a rule, or under a host since removed, is never contacted.
         self.allow_http_loopback = allow_http_loopback
         self.extra_hosts = tuple(extra_hosts)
-        self.connect_timeout = connect_timeout
         self.deadline = deadline
         self.concurrency = concurrency
         self.clock = clock
         self.receipts = receipts  # signs each payload's receipt token (shared/receipts.py)
         self.vapid = VapidHeaders()
-        self._loop = LoopThread("pushq-webpush")
-        self._session: aiohttp.ClientSession | None = None
-        self._limits: dict[str, asyncio.Semaphore] = {}
-        self._pid = os.getpid()
+        # ``cleartext``: how to speak to plain-http endpoints (the loopback stand-in, development only).
+        client = WireClient(
+            connect_timeout=connect_timeout, cleartext=cleartext, ca_file=ca_file,
+            policy=AddressPolicy.PUBLIC_OR_LOOPBACK if allow_http_loopback else AddressPolicy.PUBLIC,
+            max_http1_connections=concurrency,
+        )
+        self.pushes = PushRunner("web push", client, concurrency=concurrency, deadline=deadline)
 
     def send_many(self, app: AppCredentials, deliveries: Sequence[ClaimedDelivery]) -> list[Outcome]:
-        if not deliveries:
-            return []
-        # The chunk's deadline: its waves of pushes, each bounded by the push deadline.
-        budget = chunk_budget(len(deliveries), self.concurrency, self.deadline)
-        try:
-            answers = self._loop.run_each(len(deliveries), lambda i: self._send_safely(app, deliveries[i]), budget)
-        except ChunkInterrupted as interrupted:  # the task's time limit: keep what came back
-            raise ChunkInterrupted(unanswered_as_retries(interrupted.partial, interrupted.cause),
-                                   interrupted.cause) from interrupted
-        except Exception as exc:
-            log.exception("web push chunk of %d failed", len(deliveries))
-            return [Outcome.retry(f"web push client error: {type(exc).__name__}")] * len(deliveries)
-        return unanswered_as_retries(answers, None)
-
-    def send(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
-        return self.send_many(app, [delivery])[0]
-
-    def _client_session(self) -> aiohttp.ClientSession:
-        """This process's session (on the loop's thread)."""
-        if self._pid != os.getpid():  # forked: the parent's session belongs to the parent's loop
-            self._session, self._limits, self._pid = None, {}, os.getpid()
-        if self._session is None:
-            self._session = self._new_session()
-        return self._session
-
-    def _new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=self.concurrency, ssl=ssl.create_default_context(), ttl_dns_cache=60,
-            resolver=PublicAddressResolver(allow_loopback=self.allow_http_loopback),
-        )
-        return aiohttp.ClientSession(
-            connector=connector, trust_env=False, auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
-        )
-
-    async def _send_safely(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
-        """Any failure of this one push becomes its outcome; the chunk's other pushes go on."""
-        try:
-            self._client_session()  # after a fork: the session and limits start afresh, before any is used
-            return await self._send(app, delivery)
-        except Exception as exc:
-            log.exception("web push: unexpected error for delivery %s", delivery.delivery_id)
-            return Outcome.retry(f"unexpected error pushing: {type(exc).__name__}")
+        return self.pushes.run(len(deliveries), lambda i: self._send(app, deliveries[i]))
 
     async def _send(self, app: AppCredentials, delivery: ClaimedDelivery) -> Outcome:
         message = delivery.message
@@ -272,50 +188,32 @@ class WebPushAdapter:
             body = subscription.encrypt(payload)
         except (ValueError, KeyError, TypeError) as exc:
             return Outcome.rejected(f"cannot encrypt for this subscription: {type(exc).__name__}")
-        limit = self._limits.get(subscription.origin)
-        if limit is None:
-            limit = self._limits[subscription.origin] = asyncio.Semaphore(self.concurrency)
-        async with limit:
+        async with self.pushes.limit(subscription.origin):
             now = self.clock()
-            headers = {
-                "TTL": str(message.remaining_ttl(now)),  # at the push, not when the chunk was claimed
-                "Urgency": webpush_urgency(message),
-                "Content-Encoding": "aes128gcm",
-                "Content-Type": "application/octet-stream",
-                "Authorization": self.vapid.authorization(app, subscription.origin, now.timestamp()),
-            }
+            headers = [
+                ("TTL", str(message.remaining_ttl(now))),  # at the push, not when the chunk was claimed
+                ("Urgency", webpush_urgency(message)),
+                ("Content-Encoding", "aes128gcm"),
+                ("Content-Type", "application/octet-stream"),
+                ("Authorization", self.vapid.authorization(app, subscription.origin, now.timestamp())),
+            ]
             if message.collapse_key:
-                headers["Topic"] = message.collapse_key
-            return await self._post(subscription.endpoint, body, headers, truncated)
+                headers.append(("Topic", message.collapse_key))
+            return await self._post(Request("POST", subscription.endpoint, headers, body), truncated)
 
-    async def _post(self, endpoint: str, body: bytes, headers: dict[str, str], truncated: bool) -> Outcome:
-        session = self._client_session()
+    async def _post(self, request: Request, truncated: bool) -> Outcome:
         try:
-            async with asyncio.timeout(self.deadline):
-                async with session.post(endpoint, data=body, headers=headers, allow_redirects=False) as response:
-                    # Bounded: a hostile or broken service cannot make the worker read without end.
-                    await response.content.read(MAX_ANSWER_BYTES)
-                    return classify(response.status, response.headers, truncated)
+            # Bounded: a hostile or broken service cannot make the worker read without end.
+            answer = await self.pushes.request(request, max_body=MAX_ANSWER_BYTES)
         except TimeoutError:
             return Outcome.retry("push service timed out")
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, NonPublicAddress):
-                # The name passed the egress rules; only today's DNS answer points inside. One resolver fault
-                # must not disable every device of a push service: try again later (counted as an egress retry).
-                return Outcome.retry(EGRESS_REFUSED_AT_CONNECT)
+        except EgressRefused:
+            # The name passed the egress rules; only today's DNS answer points inside. One resolver fault
+            # must not disable every device of a push service: try again later (counted as an egress retry).
+            return Outcome.retry(EGRESS_REFUSED_AT_CONNECT)
+        except WireError as exc:
             return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
-        except aiohttp.ClientError as exc:
-            return Outcome.retry(f"connection to push service failed: {type(exc).__name__}")
+        return classify(answer.status, answer.headers, truncated)
 
     def close(self) -> None:
-        async def shutdown() -> None:
-            if self._session is not None:
-                await self._session.close()
-                self._session = None
-            self._limits.clear()
-
-        self._loop.close(shutdown)
-        self._session = None
-        self._limits = {}
-
-
+        self.pushes.close()

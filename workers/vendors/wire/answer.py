@@ -30,6 +30,9 @@ class Headers:
     def get(self, name: str, default: str | None = None) -> str | None:
         return self._items.get(name.lower(), default)
 
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items.items())
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._items
 
