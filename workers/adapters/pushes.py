@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from shared.outcomes import Outcome
 from workers.adapters.base import ChunkInterrupted, chunk_budget, unanswered_as_retries
@@ -26,13 +28,18 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PushRunner"]
 
+T = TypeVar("T")
+
 
 class PushRunner:
     """See the module docstring. ``name`` is the vendor as reasons and logs say it."""
 
-    def __init__(self, name: str, client: WireClient, *, concurrency: int, deadline: float) -> None:
+    def __init__(
+        self, name: str, client: WireClient, *, concurrency: int, deadline: float, also: tuple[WireClient, ...] = ()
+    ) -> None:
         self.name = name
         self.client = client
+        self.clients = (client, *also)  # ``also``: more clients on this loop (closed with it)
         self.concurrency = max(1, concurrency)
         self.deadline = deadline
         self._loop = LoopThread(f"pushq-{name.lower().replace(' ', '')}")
@@ -67,6 +74,15 @@ class PushRunner:
             return [Outcome.retry(f"{self.name} client error: {type(exc).__name__}")] * count
         return unanswered_as_retries(answers, None)
 
+    def run_each(self, count: int, start: Callable[[int], Awaitable[T]], budget: float) -> list[T | None]:
+        """:meth:`LoopThread.run_each` on this runner's loop (for a client with answers of its own)."""
+        return self._loop.run_each(count, start, budget)
+
+    @property
+    def loop_thread(self) -> threading.Thread | None:
+        """The event loop's thread while it runs."""
+        return self._loop.thread
+
     def limit(self, origin: str) -> asyncio.Semaphore:
         """At most ``concurrency`` pushes at once to ``origin`` (on the loop's thread)."""
         if self._pid != os.getpid():  # forked: the parent's semaphores belong to the parent's loop
@@ -76,9 +92,10 @@ class PushRunner:
             limit = self._limits[origin] = asyncio.Semaphore(self.concurrency)
         return limit
 
-    async def request(self, request: Request, max_body: int) -> Answer:
-        """``request`` under the push deadline; raises what :meth:`WireClient.request` raises."""
-        return await self.client.request(request, deadline=self.deadline, max_body=max_body)
+    async def request(self, request: Request, max_body: int, client: WireClient | None = None) -> Answer:
+        """``request`` under the push deadline (through ``client``, default the runner's first);
+        raises what :meth:`WireClient.request` raises."""
+        return await (client or self.client).request(request, deadline=self.deadline, max_body=max_body)
 
     def call(self, function: Callable[[], Awaitable[Answer]], timeout: float) -> Answer:
         """Run ``function()`` on the loop from another thread (a token fetch), waiting at most ``timeout``."""
@@ -95,7 +112,8 @@ class PushRunner:
             for task in stopped:  # pushes (or a token request) whose caller stopped waiting
                 task.cancel()
             await asyncio.gather(*stopped, return_exceptions=True)
-            await self.client.close()
+            for client in self.clients:
+                await client.close()
             self._limits.clear()
 
         self._loop.close(shutdown)

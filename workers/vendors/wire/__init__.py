@@ -21,6 +21,7 @@ from workers.vendors.wire.answer import (
     Answer,
     ConnectFailed,
     ConnectionLost,
+    ConnectTimeout,
     EgressRefused,
     Headers,
     NotSent,
@@ -29,5 +30,5 @@ from workers.vendors.wire.answer import (
 )
 from workers.vendors.wire.client import Protocol, WireClient
 
-__all__ = ["Answer", "ConnectFailed", "ConnectionLost", "EgressRefused", "Headers", "NotSent", "Protocol", "Request",
+__all__ = ["Answer", "ConnectFailed", "ConnectTimeout", "ConnectionLost", "EgressRefused", "Headers", "NotSent", "Protocol", "Request",
            "WireClient", "WireError"]

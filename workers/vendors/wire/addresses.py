@@ -19,7 +19,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from shared.egress import is_public_address
-from workers.vendors.wire.answer import ConnectFailed, EgressRefused
+from workers.vendors.wire.answer import ConnectFailed, ConnectTimeout, EgressRefused
 
 __all__ = ["AddressPolicy", "connect", "resolve"]
 
@@ -86,5 +86,5 @@ async def connect(
                 assert isinstance(made_transport, asyncio.Transport)
                 return made_transport, protocol
     except TimeoutError:
-        raise ConnectFailed(f"timed out connecting to {host}:{port}") from None
+        raise ConnectTimeout(f"timed out connecting to {host}:{port}") from None
     raise ConnectFailed(f"cannot connect to {host}:{port}: {type(last).__name__}: {last}") from last

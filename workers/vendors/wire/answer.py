@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Answer", "ConnectFailed", "ConnectionLost", "EgressRefused", "Headers", "NotSent", "Request", "WireError"]
+__all__ = ["Answer", "ConnectFailed", "ConnectTimeout", "ConnectionLost", "EgressRefused", "Headers", "NotSent", "Request", "WireError"]
 
 
 class Headers:
@@ -74,6 +74,10 @@ class NotSent(WireError):
 
 class ConnectFailed(NotSent):
     """No connection could be made to the origin (refused, unreachable, TLS failed)."""
+
+
+class ConnectTimeout(ConnectFailed):
+    """Connecting (TCP, TLS, the HTTP/2 preface) took longer than the connect timeout."""
 
 
 class EgressRefused(ConnectFailed):

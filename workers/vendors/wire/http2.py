@@ -34,7 +34,7 @@ import h2.events
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from workers.vendors.wire.answer import Answer, ConnectFailed, ConnectionLost, Headers, NotSent, Request
+from workers.vendors.wire.answer import Answer, ConnectFailed, ConnectionLost, ConnectTimeout, Headers, NotSent, Request
 
 __all__ = ["Http2Connection"]
 
@@ -131,7 +131,7 @@ class Http2Connection(asyncio.Protocol):
                 await asyncio.shield(self._settled)
         except TimeoutError:
             self.abort()
-            raise ConnectFailed("no HTTP/2 SETTINGS from the server in time") from None
+            raise ConnectTimeout("no HTTP/2 SETTINGS from the server in time") from None
         except ConnectionLost as exc:
             raise ConnectFailed(f"HTTP/2 connection failed: {exc}") from exc
 
