@@ -3,7 +3,7 @@
 The endpoint is an app's own server, so it is untrusted like a Web Push
 endpoint: the URL must pass :func:`shared.egress.check_webhook_url` at every
 send (not only when it was stored), the connection goes only to public
-addresses (:class:`PublicAddressResolver`), redirects are never followed, at
+addresses (the wire client's :class:`~workers.vendors.wire.addresses.AddressPolicy`), redirects are never followed, at
 most :data:`MAX_ANSWER_BYTES` of the answer are read, and the whole POST has one
 deadline. Signing is the ``standardwebhooks`` library's.
 """
@@ -13,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import ssl
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from shared.egress import EndpointRefused, check_webhook_url
 from shared.services.webhooks import event_wire_id
 from shared.webhook_outbox import OutboxEvent, WebhookBatch
-from workers.adapters.webpush import NonPublicAddress, PublicAddressResolver
+from workers.vendors.wire import EgressRefused, Request, WireClient, WireError
+from workers.vendors.wire.addresses import AddressPolicy
 
 MAX_ANSWER_BYTES = 16 * 1024
 USER_AGENT = "pushq-webhooks/1"
@@ -71,21 +70,19 @@ def post_batch(batch: WebhookBatch, now: datetime, *, deadline: float, allow_htt
 
 
 async def _post(url: str, body: bytes, headers: dict[str, str], deadline: float, allow_loopback: bool) -> str | None:
-    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(), resolver=PublicAddressResolver(allow_loopback),
-                                     force_close=True)
-    async with aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False) as session:
-        try:
-            async with asyncio.timeout(deadline):
-                async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
-                    await response.content.read(MAX_ANSWER_BYTES)
-                    if 200 <= response.status < 300:
-                        return None
-                    return f"endpoint answered {response.status}"
-        except TimeoutError:
-            return f"no answer within {deadline:g} s"
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, NonPublicAddress):
-                return "egress refused at connect: the webhook host resolved to no public address"
-            return f"connection failed: {type(exc).__name__}"
-        except aiohttp.ClientError as exc:
-            return f"connection failed: {type(exc).__name__}"
+    client = WireClient(connect_timeout=deadline, http2=False,
+                        policy=AddressPolicy.PUBLIC_OR_LOOPBACK if allow_loopback else AddressPolicy.PUBLIC)
+    try:
+        answer = await client.request(Request("POST", url, list(headers.items()), body), deadline=deadline,
+                                      max_body=MAX_ANSWER_BYTES)
+    except TimeoutError:
+        return f"no answer within {deadline:g} s"
+    except EgressRefused:
+        return "egress refused at connect: the webhook host resolved to no public address"
+    except WireError as exc:
+        return f"connection failed: {type(exc).__name__}"
+    finally:
+        await client.close()
+    if 200 <= answer.status < 300:
+        return None
+    return f"endpoint answered {answer.status}"
