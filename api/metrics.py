@@ -1,4 +1,4 @@
-"""Request ids, HTTP metrics and ``GET /metrics`` (README "Operations").
+"""Request ids, HTTP metrics and ``GET /metrics`` (docs/operations.md).
 
 Every answer carries an ``X-Request-Id``: the caller's when it is valid, else a
 new one. It is stored with the notifications the request creates, travels in

@@ -7,7 +7,7 @@ APNs and FCM stand-ins. The benchmark talks to the service only over HTTP and,
 to set up users and devices quickly, through the service layer
 (``create_app``, ``enroll``, ``register_device``, credentials setters).
 
-Figures (see README "Benchmarks"):
+Figures (see docs/benchmarks.md):
 
 * baseline — a plain ``pywebpush.webpush()`` loop to the same Web Push stand-in:
   CPU per message (``time.process_time``) and messages/s; and encryption alone.

@@ -61,7 +61,7 @@ def main() -> None:
     """pushq: queue-backed push notifications (Web Push, APNs, FCM).
 
     Configuration comes from environment variables (DATABASE_URL, REDIS_URL,
-    JWT_*, PUSHQ_*); see README.md. Start everything with `pushq run`; every
+    JWT_*, PUSHQ_*); see docs/configuration.md. Start everything with `pushq run`; every
     command and group has its own --help.
     """
 

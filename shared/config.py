@@ -1,6 +1,6 @@
 """One settings object for the API, the workers, the scheduler and the CLI.
 
-Every value comes from an environment variable (documented in README.md with
+Every value comes from an environment variable (documented in docs/configuration.md with
 its default); explicit keyword overrides win over the environment, so tests and
 embedding code never have to mutate ``os.environ``.
 """
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +41,7 @@ def _tuple(value: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Runtime configuration; see README.md "Configuration" for each variable."""
+    """Runtime configuration; see docs/configuration.md for each variable."""
 
     database_url: str = field(default=DEFAULT_DATABASE_URL, metadata={"env": "DATABASE_URL"})
     # None means "no Redis configured": `pushq run` then starts an embedded one.
@@ -107,7 +109,7 @@ class Settings:
     max_waits_per_app: int = field(default=4, metadata={"env": "PUSHQ_MAX_WAITS_PER_APP"})
     # Database connections per API process: at least the serving threads (gunicorn --threads).
     db_pool_size: int = field(default=10, metadata={"env": "PUSHQ_DB_POOL_SIZE"})
-    # Guards (see README "Quotas, limits and idempotency").
+    # Guards (see docs/api.md "Quotas, limits and idempotency").
     default_daily_quota: int = field(default=100_000, metadata={"env": "PUSHQ_DEFAULT_DAILY_QUOTA"})
     registration_limit: int = field(default=10, metadata={"env": "PUSHQ_REGISTRATION_LIMIT"})
     registration_window_seconds: int = field(default=3600, metadata={"env": "PUSHQ_REGISTRATION_WINDOW_SECONDS"})
@@ -241,7 +243,7 @@ class Settings:
         return self.webhook_time_limits[1] + 60
 
     def _validate_security_limits(self) -> None:
-        """The egress allowlist, device cap, token-endpoint throttle and service-token claim (README "Security")."""
+        """The egress allowlist, device cap, token-endpoint throttle and service-token claim (docs/security.md)."""
         from shared.egress import parse_host_patterns
 
         try:
@@ -260,7 +262,7 @@ class Settings:
             raise ConfigError(f"PUSHQ_SERVICE_TOKEN_CLAIM must be name=value, the name none of {sorted(_RESERVED_CLAIMS)}")
 
     def _validate_schedules(self) -> None:
-        """Scheduled sends and housekeeping (README "Operations")."""
+        """Scheduled sends and housekeeping (docs/operations.md)."""
         for name, value in (("PUSHQ_SCHEDULE_INTERVAL", self.schedule_interval_seconds),
                             ("PUSHQ_HOUSEKEEPING_INTERVAL", self.housekeeping_interval_seconds)):
             if value <= 0:
@@ -295,22 +297,30 @@ class Settings:
         return settings
 
 
-def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = f.type
+# How a raw environment value becomes each type a setting may have; a setting of any other type is refused.
+_PARSERS: dict[Any, Callable[[str], Any]] = {bool: _bool, int: int, float: float, str: str, tuple[str, ...]: _tuple}
+
+
+def _parser_for(annotation: Any) -> Callable[[str], Any]:
+    """The parser of a setting's (resolved) type; ``X | None`` parses as ``X`` (unset means None)."""
+    if isinstance(annotation, types.UnionType) and type(None) in annotation.__args__:
+        rest = [arg for arg in annotation.__args__ if arg is not type(None)]
+        if len(rest) == 1:
+            annotation = rest[0]
     try:
-        if kind == "bool":
-            return _bool(raw)
-        if kind == "int":
-            return int(raw)
-        if kind in ("float", "float | None"):
-            return float(raw)
-        if kind == "tuple[str, ...]":
-            return _tuple(raw)
+        return _PARSERS[annotation]
+    except (KeyError, TypeError):
+        raise TypeError(f"a setting of type {annotation!r} has no parser: add one to shared.config._PARSERS") from None
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    parser = _parser_for(typing.get_type_hints(Settings)[f.name])
+    try:
+        return parser(raw)
     except ValueError as exc:
         raise ConfigError(f"{f.metadata['env']}: {exc}") from exc
-    return raw
 
 
 def documented_variables() -> list[tuple[str, Any]]:
-    """(env var, default) pairs, used by `pushq config` and checked against README.md."""
+    """(env var, default) pairs, used by `pushq config` and checked against docs/configuration.md."""
     return [(f.metadata["env"], f.default) for f in dataclasses.fields(Settings)]

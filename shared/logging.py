@@ -14,7 +14,7 @@ LOG_FORMATS = ("text", "json")
 
 
 class TextFormatter(logging.Formatter):
-    """One line per event; ``request_ids=…`` appended when the event concerns requests (README "Operations")."""
+    """One line per event; ``request_ids=…`` appended when the event concerns requests (docs/operations.md)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")

@@ -40,7 +40,7 @@ def _close_vendor_connections(**_kwargs: Any) -> None:
     close_runtimes()
 
 
-# Metrics and request ids (workers/metrics.py, README "Operations").
+# Metrics and request ids (workers/metrics.py, docs/operations.md).
 _metrics_dir: list[Path | None] = []
 
 

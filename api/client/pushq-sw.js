@@ -8,7 +8,7 @@
  *
  * What it does:
  *
- * - push: the message pushq sends is JSON {title, body, data, url?} (see README "Patient fan-out" and
+ * - push: the message pushq sends is JSON {title, body, data, url?} (see docs/patient-fanout.md and
  *   POST /push/send). It shows a notification with that title and body; the URL to open is `url`, or
  *   else `data.url`, resolved against the service worker's scope (only http and https URLs are opened).
  *   The message options (docs/api.md "Message options") are passed to showNotification as they come:

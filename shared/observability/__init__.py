@@ -1,1 +1,1 @@
-"""Operations: request ids in log lines, the JSON log format and Prometheus metrics (README "Operations")."""
+"""Operations: request ids in log lines, the JSON log format and Prometheus metrics (docs/operations.md)."""

@@ -1,4 +1,4 @@
-"""Prometheus metrics of every pushq process, added up across processes (README "Operations").
+"""Prometheus metrics of every pushq process, added up across processes (docs/operations.md).
 
 Why files: gunicorn serves with several worker processes and Celery runs tasks
 in prefork children, and a scrape reaches only one process. prometheus_client's
@@ -147,7 +147,7 @@ def _multiprocess_enabled() -> bool:
 
 
 class Metrics:
-    """Every metric pushq records (names and labels: README "Operations").
+    """Every metric pushq records (names and labels: docs/operations.md).
 
     Built once per process on first use; not registered anywhere: in
     multiprocess mode the samples live in files and :func:`host_registry` reads them.

@@ -187,7 +187,3 @@ def disable_devices(
     )
     return len(disabled)
 
-
-def disable_device(session: Session, device_id: uuid.UUID, token_hash: str, reason: str, now: datetime) -> bool:
-    """Disable one device whose token was declared dead (see :func:`disable_devices`)."""
-    return bool(disable_devices(session, [(device_id, token_hash, reason)], now))
