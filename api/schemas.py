@@ -121,7 +121,7 @@ def _options() -> dict[str, fields.Field]:
 
 
 class UtcDateTime(fields.AwareDateTime):
-    """An ISO 8601 time with a zone that has a UTC equivalent in Python's years 1-9999.
+    """An ISO 8601 time with a zone that has a UTC equivalent in Python's years 1-9999, loaded in UTC.
 
     ``0001-01-01T00:00:00+14:00`` parses, but is in year 0 once in UTC: refused
     here as a 400 rather than overflowing when compared or stored.
@@ -130,10 +130,10 @@ class UtcDateTime(fields.AwareDateTime):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
         parsed: datetime = super()._deserialize(value, attr, data, **kwargs)
         try:
-            parsed.astimezone(UTC)
+            # In UTC from here on: an offset Python takes (up to ±23:59) may be one PostgreSQL refuses (±15:59).
+            return parsed.astimezone(UTC)
         except OverflowError:
             raise ValidationError("Out of range: the time in UTC must fall within years 1 to 9999.") from None
-        return parsed
 
 
 def _send_at() -> fields.AwareDateTime:

@@ -647,6 +647,16 @@ def test_a_send_at_without_a_utc_equivalent_is_400(api, tenant, user, session_fa
     assert notification_count(session_factory) == 0
 
 
+def test_a_send_at_with_an_offset_postgresql_does_not_take_is_the_same_moment_in_utc(api, tenant, user):
+    """Python takes offsets up to ±23:59, PostgreSQL up to ±15:59: the time is stored in UTC, not a 500."""
+    response = api.post("/push/send/bulk", json={"user_ids": [str(user)], "title": "t", "body": "b",
+                                                 "send_at": "1962-08-20T18:23:33-23:43"}, headers=tenant.service_headers())
+    assert response.status_code == 200, response.text
+    (notification_id,) = response.json()["notification_ids"]
+    stored = api.get(f"/push/notifications/{notification_id}", headers=tenant.service_headers()).json()
+    assert stored["send_at"] == "1962-08-21T18:06:33+00:00"
+
+
 # -- each targeted platform's real limit, at accept ---------------------------------------------
 
 

@@ -3,7 +3,8 @@
 The request: the ``aps`` payload (alert, badge, sound) plus ``data`` and ``url``
 for the app, fitted to 4096 bytes (built by :mod:`shared.vendor_payloads`, as the
 API measured it at accept), with ``apns-expiration`` (the TTL left at this push),
-``apns-priority`` 10/5, ``apns-collapse-id`` and ``apns-push-type: alert``.
+``apns-priority`` 10/5, ``apns-collapse-id`` and ``apns-push-type`` (``alert``, or
+``background`` at priority 5 for a silent push: :func:`shared.vendor_payloads.apns_push_type`).
 The answer: :func:`outcome_for`. How requests travel (aioapns' HTTP/2 pool, the
 provider token, the event loop, pushq's fixes to aioapns) is the wire client's
 business: :mod:`workers.vendors.apns_client`.
