@@ -27,7 +27,7 @@ from shared.message_options import (
 )
 
 _NO_CONTROL = validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="Must not contain control characters.")
-_KEY = validate.Regexp(r"^[A-Za-z0-9_.\-]+$", error="Letters, digits, '_', '.' and '-' only.")
+ACTION_ID = validate.Regexp(r"^[A-Za-z0-9_.\-]+$", error="Letters, digits, '_', '.' and '-' only.")
 
 
 def _https(value: Any) -> None:
@@ -45,7 +45,7 @@ def _action_url(value: str) -> None:
 
 
 class ActionSchema(Schema):
-    id = fields.String(required=True, validate=[validate.Length(min=1, max=64), _KEY],
+    id = fields.String(required=True, validate=[validate.Length(min=1, max=64), ACTION_ID],
                        metadata={"description": "Reported as the clicked action; Web Push `action`."})
     title = fields.String(required=True, validate=[validate.Length(min=1, max=64), _NO_CONTROL],
                           metadata={"description": "The button's label."})

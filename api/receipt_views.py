@@ -11,10 +11,11 @@ without credentials): the token alone decides.
 from __future__ import annotations
 
 from flask import Blueprint, current_app, request
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from werkzeug.wrappers import Response
 
 from api.endpoints import endpoint
+from api.option_schemas import ACTION_ID
 from api.request_session import db_session
 from shared.clock import utcnow
 from shared.errors import ServiceError
@@ -32,6 +33,13 @@ class ReceiptRequest(Schema):
     token = fields.String(required=True, validate=validate.Length(min=1, max=TOKEN_CHARS * 2), metadata={
         "description": "The `receipt` of the Web Push payload (signed by pushq for one delivery)."})
     event = fields.String(required=True, validate=validate.OneOf(RECEIPT_EVENTS))
+    action = fields.String(load_default=None, validate=[validate.Length(min=1, max=64), ACTION_ID], metadata={
+        "description": "clicked: the id of the action button clicked (the send's `actions`); absent: the notification."})
+
+    @validates_schema
+    def _action_with_a_click(self, data: dict, **_kwargs: object) -> None:
+        if data.get("action") is not None and data["event"] != "clicked":
+            raise ValidationError({"action": ["Only a clicked receipt names an action."]})
 
 
 @endpoint(
@@ -48,7 +56,7 @@ def post_receipt(_principal, body: dict, **_):
     delivery_id = current_app.extensions["pushq"].receipt_tokens.delivery_id(body["token"])
     if delivery_id is None:
         raise InvalidReceipt()
-    record_receipt(db_session(), delivery_id, body["event"], now)
+    record_receipt(db_session(), delivery_id, body["event"], now, body["action"])
     return "", 204
 
 

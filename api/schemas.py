@@ -191,6 +191,9 @@ class DeliverySchema(Schema):
         "description": "Web Push: when pushq's service worker first showed it (a receipt); null otherwise."})
     clicked_at = fields.AwareDateTime(allow_none=True, required=True, metadata={
         "description": "Web Push: when its notification was first clicked (a receipt); null otherwise."})
+    clicked_action = fields.String(allow_none=True, required=True, metadata={
+        "description": "Web Push: the id of the action button of that first click (see `actions`); null for a click "
+                       "on the notification itself, or no click."})
     updated_at = fields.AwareDateTime(required=True)
 
 

@@ -305,6 +305,7 @@ class Delivery(Base):
     # Receipts from pushq's service worker (POST /push/receipts): first time shown, first click.
     displayed_at: Mapped[datetime | None] = mapped_column()
     clicked_at: Mapped[datetime | None] = mapped_column()
+    clicked_action: Mapped[str | None] = mapped_column(String(64))  # the action button of that first click, if any
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -23,7 +23,8 @@
  *
  * - receipts: a push from pushq carries a `receipt` token (signed by pushq for that one delivery; no user
  *   token ever reaches this worker). Once the notification is shown the worker posts
- *   {token, event: "displayed"} to pushq's POST /push/receipts, and {token, event: "clicked"} on a click.
+ *   {token, event: "displayed"} to pushq's POST /push/receipts, and {token, event: "clicked"} on a click
+ *   ({token, event: "clicked", action} on a click on an action button: the action's id).
  *   pushq's API is at the `api` parameter of this script's URL (`pushq-sw.js?api=https://push.example.com`,
  *   which pushq-subscribe.js adds from its apiBase), else at this worker's own origin. Best effort: a
  *   receipt that cannot be posted is dropped, the notification is shown all the same.
@@ -74,14 +75,15 @@ function receiptsUrl() {
   }
 }
 
-/** Post one receipt ("displayed" or "clicked"); never fails the event it reports. */
-async function sendReceipt(token, event) {
+/** Post one receipt ("displayed" or "clicked", with the clicked action button's id); never fails the event. */
+async function sendReceipt(token, event, action) {
   if (typeof token !== 'string' || !token) return;
+  const receipt = typeof action === 'string' && action ? {token, event, action} : {token, event};
   try {
     await fetch(receiptsUrl(), {
       method: 'POST', credentials: 'omit', keepalive: true,
       headers: {'Content-Type': 'application/json'},
-      body: JSON.stringify({token, event}),
+      body: JSON.stringify(receipt),
     });
   } catch (error) {
     // Receipts are best effort: the notification itself was shown.
@@ -155,7 +157,7 @@ self.addEventListener('push', (event) => {
 self.addEventListener('notificationclick', (event) => {
   event.notification.close();
   const receipt = event.notification.data && event.notification.data.receipt;
-  event.waitUntil(Promise.all([openNotificationTarget(event.notification, event.action), sendReceipt(receipt, 'clicked')]));
+  event.waitUntil(Promise.all([openNotificationTarget(event.notification, event.action), sendReceipt(receipt, 'clicked', event.action)]));
 });
 
 self.pushq = {parsePushData, targetUrl, notificationOptions, showPushNotification, clickTarget, openNotificationTarget,

@@ -278,11 +278,17 @@ def test_service_worker_shows_the_message_options_and_opens_the_clicked_actions_
     wait_in_browser(kit["page"], lambda: worker_handle.evaluate("self.__windowCalls.length"))
     assert worker_handle.evaluate("self.__windowCalls") == [
         {"call": "openWindow", "url": f"{kit['origin']}/client/shifts/7/accept"}]
+    # ... and the click is reported with the action's id (a clicked receipt to POST /push/receipts).
+    notification_id = response.json()["notification_id"]
+    clicked = wait_for(lambda: _delivery(api, tenant, notification_id)["clicked_at"] and _delivery(api, tenant, notification_id),
+                       what="the clicked receipt")
+    assert clicked["clicked_action"] == "accept" and clicked["displayed_at"]
     # "later" has no URL of its own: the notification's, whose tab is open, is focused.
     worker_handle.evaluate("self.__windowCalls = []")
     worker_handle.evaluate(_CLICK_ACTION, [last, "later"])
     wait_in_browser(kit["page"], lambda: worker_handle.evaluate("self.__windowCalls.length"))
     assert worker_handle.evaluate("self.__windowCalls") == [{"call": "focus", "url": page_url}]
+    assert _delivery(api, tenant, notification_id)["clicked_action"] == "accept"  # the first click is the one kept
 
     # A payload's options of the wrong type are not passed on; renotify needs a tag.
     _deliver(kit, json.dumps({"title": "t", "body": "b", "renotify": True, "image": 5, "actions": "no",

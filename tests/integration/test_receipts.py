@@ -97,3 +97,20 @@ def test_status_page_and_metrics_show_rates_and_the_webhook(client, settings, da
     metrics = admin.get("/metrics").get_data(as_text=True)
     assert f'pushq_receipt_display_rate{{app_id="{tenant.id}"}} 0.5' in metrics
     assert f'pushq_receipt_click_rate{{app_id="{tenant.id}"}} 0.25' in metrics
+
+
+def test_a_click_on_an_action_button_names_it_and_the_first_click_is_kept(client, settings, session_factory, tenant):
+    clicked_action, plain_first = delivery_id(session_factory, tenant), delivery_id(session_factory, tenant)
+    for delivery, receipts in ((clicked_action, [{"action": "accept"}, {}, {"action": "later"}]),
+                               (plain_first, [{}, {"action": "accept"}])):
+        token = tokens(settings).token(delivery)
+        for extra in receipts:
+            assert client.post("/push/receipts", json={"token": token, "event": "clicked", **extra}).status_code == 204
+    with session_factory() as session:
+        assert session.get(Delivery, clicked_action).clicked_action == "accept"
+        assert session.get(Delivery, plain_first).clicked_action is None
+    token = tokens(settings).token(clicked_action)
+    for body in ({"event": "displayed", "action": "accept"}, {"event": "clicked", "action": "a b"},
+                 {"event": "clicked", "action": "x" * 65}):
+        response = client.post("/push/receipts", json={"token": token, **body})
+        assert response.status_code == 400 and response.get_json()["error"] == "validation_error", body
