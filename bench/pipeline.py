@@ -50,6 +50,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from bench import storage
+from bench.broadcast import phase_broadcast
 from bench.launch import (
     ApnsKey,
     ApnsService,
@@ -109,6 +110,7 @@ class Scale:
     drain_timeout: float
     storage_single_users: int = 2500  # × 2 devices: single sends whose database cost is measured
     retention_deliveries: int = 1_000_000  # one day of them, removed by DELETE and by DROP
+    broadcast_users: int = 100_000  # × 1 Web Push device: one broadcast to all of them
 
     @staticmethod
     def full() -> Scale:
@@ -116,7 +118,7 @@ class Scale:
 
     @staticmethod
     def quick() -> Scale:
-        return Scale("quick", 500, 1000, 200, 5, 5.0, 200.0, 1, 10_000, 120.0, 500, 100_000)
+        return Scale("quick", 500, 1000, 200, 5, 5.0, 200.0, 1, 10_000, 120.0, 500, 100_000, 2000)
 
 
 @dataclass
@@ -906,9 +908,10 @@ def _phases(ctx: Context, info: dict[str, Any]) -> dict[str, Any]:
     from bench.front_door import phase_front_door
 
     front_door = phase_front_door(ctx, web_app, web_users, web["worker_cpu_per_delivery_s"])
+    broadcast = phase_broadcast(ctx, scale.broadcast_users)
     ctx.details.update(web=web, apns=apns, fcm=fcm, singles=singles, bulk_latencies_s=bulk_latencies,
                        fanout_seconds=fanout, memory=memory, bulk_storage=bulk_storage,
-                       single_storage=single_storage, retention=retention)
+                       single_storage=single_storage, retention=retention, broadcast=broadcast)
 
     base_cpu, base_rate = baseline["cpu_per_message_s"], baseline["messages_per_s"]
     web_cpu = web["worker_cpu_per_delivery_s"]
@@ -941,10 +944,28 @@ def _phases(ctx: Context, info: dict[str, Any]) -> dict[str, Any]:
                [memory["growth"] * 100], 5.0, "<=", "< 5 %"),
         *storage_figures(bulk_storage, single_storage, retention),
         *front_door,
+        *broadcast_figures(broadcast, web, ctx.scale.name == "quick"),
     ]
     return {"when": datetime.now(UTC).isoformat(timespec="seconds"), "mode": ctx.scale.name,
             "machine": info, "scale": ctx.scale.__dict__, "figures": [f.to_json() for f in figures],
             "details": ctx.details}
+
+
+def broadcast_figures(broadcast: dict[str, Any], web: dict[str, Any], quick: bool) -> list[Figure]:
+    """Issue 17's broadcast targets, against the bulk path of the same run."""
+    n = f"{broadcast['deliveries']:,}" + (" (quick mode: not 100,000)" if quick else "")
+    bulk_per_delivery = web["seconds"] / web["deliveries"]
+    return [
+        Figure(f"broadcast to {n} users × 1 Web Push device: accepted", "ms", [broadcast["accept_s"] * 1e3], 50.0,
+               "<=", "< 50 ms"),
+        Figure("broadcast: first push after the accept", "s", [broadcast["first_push_s"]], 1.0, "<=", "< 1 s"),
+        Figure("broadcast: time per delivery, all final (÷ the bulk path's in this run)", "×",
+               [broadcast["seconds_per_delivery"] / bulk_per_delivery], 1.0, "<=", "≤ 1× bulk",
+               note=f"{broadcast['seconds_per_delivery'] * 1e6:,.0f} µs vs {bulk_per_delivery * 1e6:,.0f} µs"),
+        Figure("broadcast: worker pool RSS growth", "%", [broadcast["rss_growth"] * 100], 5.0, "<=", "< 5 %"),
+        Figure("storage, broadcast: bytes per delivery at rest", "B", [broadcast["storage"]["bytes_per_delivery"]],
+               None, note="the message once, no notification row per user"),
+    ]
 
 
 def storage_figures(bulk: dict[str, Any], single: dict[str, Any], retention: dict[str, Any]) -> list[Figure]:
