@@ -1,4 +1,4 @@
-"""The APNs adapter against the local APNs stand-in, through the real aioapns client.
+"""The APNs adapter against the local APNs stand-in, through pushq's APNs client on the wire client.
 
 No mocks: every push crosses a real TLS + HTTP/2 connection to
 ``standins.apns.ApnsStandin``, which checks the provider token, the headers and
@@ -375,9 +375,8 @@ def test_refused_and_untrusted_connections_are_retried(standin, make_adapter):
     assert "SSLCertVerificationError" in untrusted.reason
 
 
-# The fixes to aioapns (late answers, DATA acknowledgement, no re-sends, shared provider
-# tokens, silent connections, waiting for streams) are tested on the wire client:
-# tests/test_apns_client.py.
+# Late answers, DATA acknowledgement, no re-sends, shared provider tokens, silent connections
+# and waiting for streams are tested on the APNs client: tests/unit/test_apns_client.py.
 
 
 # ----------------------------------------------------------------------- close

@@ -5,18 +5,15 @@ for the app, fitted to 4096 bytes (built by :mod:`shared.vendor_payloads`, as th
 API measured it at accept), with ``apns-expiration`` (the TTL left at this push),
 ``apns-priority`` 10/5, ``apns-collapse-id`` and ``apns-push-type`` (``alert``, or
 ``background`` at priority 5 for a silent push: :func:`shared.vendor_payloads.apns_push_type`).
-The answer: :func:`outcome_for`. How requests travel (aioapns' HTTP/2 pool, the
-provider token, the event loop, pushq's fixes to aioapns) is the wire client's
-business: :mod:`workers.vendors.apns_client`.
+The answer: :func:`outcome_for`. How requests travel (the provider token, HTTP/2
+through the wire client, the event loop) is :mod:`workers.vendors.apns_client`'s
+business.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-
-from aioapns import PushType
 
 from shared.clock import utcnow
 from shared.outcomes import Outcome
@@ -31,8 +28,7 @@ from workers.adapters.base import (
     unanswered_as_retries,
     vendor_text,
 )
-from workers.vendors.aioapns_fixes import PushRequest
-from workers.vendors.apns_client import ApnsAnswer, ApnsClient, ApnsCredentials, ApnsFailure
+from workers.vendors.apns_client import ApnsAnswer, ApnsClient, ApnsCredentials, ApnsFailure, PushRequest
 
 MAX_PAYLOAD_BYTES = APNS_MAX_PAYLOAD_BYTES
 PRIORITY_HIGH = 10
@@ -144,12 +140,11 @@ class ApnsAdapter:
             return Outcome.rejected(f"payload cannot be encoded as JSON: {exc}")
         request = PushRequest(
             device_token=delivery.token,
-            message=json.loads(payload),
             notification_id=str(delivery.delivery_id),
             time_to_live=content.remaining_ttl(now),
             priority=apns_priority(content),
             collapse_key=content.collapse_key or None,
-            push_type=PushType(apns_push_type(content)),
+            push_type=apns_push_type(content),
             payload=payload,
         )
         return request, truncated

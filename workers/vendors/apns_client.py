@@ -1,43 +1,56 @@
-"""The APNs wire client: aioapns' HTTP/2 connection pool on one event loop per worker process.
+"""The APNs wire client: token auth and APNs' HTTP/2 requests over :mod:`workers.vendors.wire`.
 
-Owns connections, provider tokens, the event loop thread and forks; knows
-nothing of deliveries or outcomes. ``push_many`` writes each request at most once
-and answers each with an :class:`ApnsAnswer` (what APNs said) or an
-:class:`ApnsFailure` (why no answer came), each request bounded by the push
-deadline. pushq's fixes to aioapns itself are in
-:mod:`workers.vendors.aioapns_fixes`.
+Owns the provider token and the request's shape; knows nothing of deliveries or
+outcomes. ``push_many`` writes each request at most once and answers each with
+an :class:`ApnsAnswer` (what APNs said) or an :class:`ApnsFailure` (why no answer
+came), each request bounded by the push deadline. What HTTP/2 needs (one
+connection multiplexing streams up to APNs' ``MAX_CONCURRENT_STREAMS``, more up
+to ``max_connections`` only when those are full, flow control, late answers, a
+silent connection dropped) is the wire client's
+(:class:`workers.vendors.wire.WireClient`).
+
+Provider tokens (ES256 JWTs, ``kid`` = key id, ``iss`` = team id, ``iat``): one per
+key, shared by every connection and request, renewed after
+``PROVIDER_TOKEN_LIFETIME_SECONDS`` (Apple rejects tokens older than an hour and
+refreshes more often than every 20 minutes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import json
 import logging
-import os
-import ssl
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aioapns import APNs
-from aioapns.connection import (
-    APNsBaseConnectionPool,
-    APNsDevelopmentClientProtocol,
-    APNsProductionClientProtocol,
-    JWTAuthorizationHeaderProvider,
-)
-from aioapns.exceptions import ConnectionClosed
-from aioapns.exceptions import ConnectionError as ApnsConnectionError
+import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from workers.vendors.aioapns_fixes import NotSent, PushqProtocol, PushRequest
-from workers.vendors.loop import ChunkInterrupted, LoopThread
+from workers.adapters.pushes import PushRunner
+from workers.vendors.loop import ChunkInterrupted
+from workers.vendors.wire import (
+    Answer,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    NotSent,
+    Request,
+    WireClient,
+    WireError,
+)
 
 log = logging.getLogger(__name__)
 
-CLOSE_TIMEOUT = 2.0  # seconds close() waits for connections to shut down cleanly
+PRODUCTION_HOST = "api.push.apple.com"
+SANDBOX_HOST = "api.sandbox.push.apple.com"
+PROVIDER_TOKEN_LIFETIME_SECONDS = 40 * 60  # within Apple's [20 min, 60 min) window
+MAX_ANSWER_BYTES = 16 * 1024  # APNs answers {"reason": "..."} at most
 _RESULT_GRACE = 0.5  # seconds a chunk may take beyond the per-request deadline
+
+__all__ = ["ApnsAnswer", "ApnsClient", "ApnsCredentials", "ApnsFailure", "ChunkInterrupted", "PushRequest"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,20 @@ class ApnsCredentials:
     team_id: str
     bundle_id: str
     sandbox: bool
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """One notification: ``payload`` is the exact (size-checked) JSON sent; ``time_to_live``
+    0 means "attempt once, do not store" (``apns-expiration: 0``)."""
+
+    device_token: str
+    payload: bytes
+    notification_id: str
+    time_to_live: int | None = None
+    priority: int | None = None
+    collapse_key: str | None = None
+    push_type: str | None = "alert"
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,49 @@ class ApnsFailure:
     credentials: bool = False
 
 
+class _BadCredentials(Exception):
+    pass
+
+
+class ProviderTokens:
+    """One provider token per app and signing key, reused until it is ``PROVIDER_TOKEN_LIFETIME_SECONDS`` old."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens: dict[tuple[str, str, str, str], tuple[str, float]] = {}
+        self._keys: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self.issued = 0  # tokens signed (for tests and metrics)
+
+    def authorization(self, credentials: ApnsCredentials, now: float | None = None) -> str:
+        """``bearer <jwt>`` for this key; raises :class:`_BadCredentials` for a key that is not EC P-256 PEM."""
+        now = time.time() if now is None else now
+        key_hash = hashlib.sha256(credentials.key_pem.encode()).hexdigest()
+        cache_key = (credentials.app_id, credentials.team_id, credentials.key_id, key_hash)
+        with self._lock:
+            cached = self._tokens.get(cache_key)
+            if cached is not None and now - cached[1] < PROVIDER_TOKEN_LIFETIME_SECONDS:
+                return cached[0]
+            key = self._keys.get(key_hash)
+            if key is None:
+                key = self._keys[key_hash] = _load_key(credentials.key_pem)
+            token = jwt.encode({"iss": credentials.team_id, "iat": int(now)}, key, algorithm="ES256",
+                               headers={"kid": credentials.key_id})
+            header = f"bearer {token}"
+            self._tokens[cache_key] = (header, now)
+            self.issued += 1
+            return header
+
+
+def _load_key(pem: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise _BadCredentials("the app's APNs private key is not an EC P-256 key in PEM (.p8)")
+    return key
+
+
 class ApnsClient:
     """See the module docstring. ``host``/``port``/``ca_file`` point it elsewhere than
     Apple (a stand-in); with ``host=None`` each app goes to Apple's production or
@@ -87,21 +157,21 @@ class ApnsClient:
         max_connections: int = 10,
         deadline: float | None = None,
     ) -> None:
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
         # The whole of one request (connecting, waiting for a stream, the answer); default connect + read.
         self.deadline = deadline if deadline is not None else connect_timeout + read_timeout
         self.host = host
         self.port = port
-        self.max_connections = max_connections
-        self.ssl_context = ssl.create_default_context()
-        if ca_file:
-            self.ssl_context.load_verify_locations(cafile=ca_file)
-        self.ssl_context.set_alpn_protocols(["h2"])  # aioapns does not; APNs needs h2
         self.late_answers = 0
-        self._loop = LoopThread("pushq-apns")
-        self._pid: int | None = None
-        self._clients: dict[tuple[str, ...], APNs] = {}  # touched only on the loop's thread
+        self.tokens = ProviderTokens()
+        # Production and sandbox apart (Apple's are two hosts; a stand-in serving both keeps two pools too).
+        self._clients = {
+            sandbox: WireClient(connect_timeout=connect_timeout, ca_file=ca_file,
+                                max_http2_connections=max_connections, on_late_answer=self._count_late_answer)
+            for sandbox in (False, True)
+        }
+        # HTTP/2 streams are the limit (the server's MAX_CONCURRENT_STREAMS), not a count of pushes.
+        self._runner = PushRunner("APNs", self._clients[False], concurrency=1, deadline=self.deadline,
+                                  also=(self._clients[True],))
 
     def push_many(
         self, credentials: ApnsCredentials, requests: Sequence[PushRequest]
@@ -115,163 +185,80 @@ class ApnsClient:
         if not requests:
             return []
         try:
-            pool = self._loop.run(self._pool(credentials), self.deadline)
+            authorization = self.tokens.authorization(credentials)
         except _BadCredentials as exc:
             return [ApnsFailure(str(exc), credentials=True)] * len(requests)
-        except Exception:  # never let a client bug fail the task: retry later
-            log.exception("APNs client setup failed")
-            return [ApnsFailure("APNs client error")] * len(requests)
+        client = self._clients[credentials.sandbox]
+        host = self.host or (SANDBOX_HOST if credentials.sandbox else PRODUCTION_HOST)
+        origin = f"https://{host}:{self.port}" if self.host else f"https://{host}"
+        answers: list[ApnsAnswer | ApnsFailure | None] = [None] * len(requests)
+
+        async def push(index: int) -> ApnsAnswer | ApnsFailure:
+            answers[index] = answer = await self._push(client, origin, credentials, authorization, requests[index])
+            return answer
+
         try:
-            answers = self._loop.run_each(len(requests), lambda i: self._push(pool, requests[i]),
-                                          self.deadline + _RESULT_GRACE)
-        except ChunkInterrupted:
-            raise
-        except Exception:  # never let a client bug fail the task: retry later
-            log.exception("APNs send failed")
-            return [ApnsFailure("APNs client error")] * len(requests)
-        if any(answer is None for answer in answers):
-            log.error("APNs chunk of %d did not finish in time", len(requests))
+            self._runner.run_each(len(requests), push, self.deadline + _RESULT_GRACE)
+        except ChunkInterrupted as exc:
+            raise ChunkInterrupted(list(answers), exc.cause) from exc
         return [answer if answer is not None else ApnsFailure("APNs timed out") for answer in answers]
 
-    def close(self) -> None:
-        """Close every connection and stop the loop's thread; push_many may still be
-        called afterwards: it starts afresh."""
-        self._loop.close(self._shutdown, timeout=CLOSE_TIMEOUT + 3)
-        self._clients = {}
-
-    @property
-    def loop_thread(self) -> threading.Thread | None:
-        """The event loop's thread while it runs."""
-        return self._loop.thread
+    async def _push(self, client: WireClient, origin: str, credentials: ApnsCredentials, authorization: str,
+                    push: PushRequest) -> ApnsAnswer | ApnsFailure:
+        headers = [("apns-id", push.notification_id), ("apns-topic", credentials.bundle_id),
+                   ("authorization", authorization)]
+        if push.time_to_live is not None:
+            # 0 is Apple's "deliver once, do not store".
+            headers.append(("apns-expiration", str(int(time.time()) + push.time_to_live if push.time_to_live > 0
+                                                   else 0)))
+        if push.priority is not None:
+            headers.append(("apns-priority", str(push.priority)))
+        if push.collapse_key is not None:
+            headers.append(("apns-collapse-id", push.collapse_key))
+        if push.push_type is not None:
+            headers.append(("apns-push-type", push.push_type))
+        request = Request("POST", f"{origin}/3/device/{push.device_token}", headers, push.payload)
+        try:
+            answer = await self._runner.request(request, MAX_ANSWER_BYTES, client)
+        except TimeoutError:
+            return ApnsFailure("APNs timed out")
+        except ConnectTimeout:
+            return ApnsFailure("timed out connecting to APNs")
+        except ConnectFailed as exc:
+            return ApnsFailure(f"cannot connect to APNs: {exc}")
+        except ConnectionLost:
+            return ApnsFailure("connection lost")
+        except NotSent:
+            return ApnsFailure("no usable APNs connection")
+        except WireError as exc:
+            return ApnsFailure(f"APNs client error: {type(exc).__name__}")
+        return _answer(answer, push.notification_id)
 
     def _count_late_answer(self) -> None:
         self.late_answers += 1
 
-    def _client(self, app: ApnsCredentials) -> APNs:
-        key_hash = hashlib.sha256(app.key_pem.encode()).hexdigest()
-        cache_key = (
-            app.app_id,
-            app.key_id,
-            app.team_id,
-            app.bundle_id,
-            "sandbox" if app.sandbox else "production",
-            key_hash,
-        )
-        client = self._clients.get(cache_key)
-        if client is not None:
-            return client
+    def close(self) -> None:
+        """Close every connection and stop the loop's thread; push_many may still be
+        called afterwards: it starts afresh."""
+        self._runner.close()
+
+    @property
+    def loop_thread(self) -> threading.Thread | None:
+        """The event loop's thread while it runs."""
+        return self._runner.loop_thread
+
+
+def _answer(answer: Answer, notification_id: str) -> ApnsAnswer | ApnsFailure:
+    apns_id = answer.headers.get("apns-id")
+    if apns_id is not None and apns_id.lower() != notification_id.lower():
+        # APNs echoes the apns-id it was sent: an answer naming another request is not this one's.
+        return ApnsFailure("APNs answered for another apns-id")
+    reason = None
+    if answer.body:
         try:
-            key = serialization.load_pem_private_key(app.key_pem.encode(), password=None)
-        except (ValueError, TypeError):
-            key = None
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise _BadCredentials("the app's APNs private key is not an EC P-256 key in PEM (.p8)")
-        for stale in [k for k in self._clients if k[0] == cache_key[0]]:  # credentials changed
-            self._clients.pop(stale).pool.close()
-        client = APNs(
-            key=app.key_pem,
-            key_id=app.key_id,
-            team_id=app.team_id,
-            topic=app.bundle_id,
-            use_sandbox=app.sandbox,
-            max_connections=self.max_connections,
-            max_connection_attempts=1,  # unused: this client never calls pool.send_notification
-            ssl_context=self.ssl_context,
-        )
-        base = APNsDevelopmentClientProtocol if app.sandbox else APNsProductionClientProtocol
-        client.pool.protocol_class = type(
-            f"Pushq{base.__name__}",
-            (PushqProtocol, base),
-            {
-                "APNS_SERVER": self.host or base.APNS_SERVER,
-                "APNS_PORT": self.port if self.host else base.APNS_PORT,
-                "shared_auth": JWTAuthorizationHeaderProvider(
-                    key=app.key_pem, key_id=app.key_id, team_id=app.team_id
-                ),
-                "on_late_answer": staticmethod(self._count_late_answer),
-            },
-        )
-        self._clients[cache_key] = client
-        return client
-
-    async def _pool(self, credentials: ApnsCredentials) -> APNsBaseConnectionPool:
-        """The app's connection pool (on the loop's thread); raises _BadCredentials."""
-        if self._pid != os.getpid():  # forked: the parent's clients belong to the parent's loop
-            self._clients, self._pid = {}, os.getpid()
-        return self._client(credentials).pool
-
-    async def _push(
-        self, pool: APNsBaseConnectionPool, request: PushRequest
-    ) -> ApnsAnswer | ApnsFailure:
-        """One request, written at most once; bounded by the deadline."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.deadline
-        try:
-            for _ in range(3):
-                try:
-                    connection = await asyncio.wait_for(
-                        self._acquire(pool), max(min(self.connect_timeout, deadline - loop.time()), 0)
-                    )
-                except TimeoutError:
-                    return ApnsFailure("timed out connecting to APNs")
-                except ApnsConnectionError as exc:
-                    cause = exc.__context__ or exc
-                    return ApnsFailure(f"cannot connect to APNs: {type(cause).__name__}: {cause}")
-                assert isinstance(connection, PushqProtocol)
-                try:
-                    result, retry_after = await asyncio.wait_for(
-                        connection.push(request), max(min(self.read_timeout, deadline - loop.time()), 0)
-                    )
-                except NotSent as exc:
-                    log.debug("APNs request %s not sent (%s): another connection", request.notification_id, exc)
-                    continue
-                except ConnectionClosed:
-                    return ApnsFailure("connection lost")
-                except TimeoutError:
-                    return ApnsFailure("APNs timed out")
-                return ApnsAnswer(result.status or "", result.description or None, result.notification_id, retry_after)
-            return ApnsFailure("no usable APNs connection")
-        except Exception as exc:
-            log.exception("APNs request %s failed", request.notification_id)
-            return ApnsFailure(f"APNs client error: {type(exc).__name__}")
-
-    @staticmethod
-    async def _acquire(pool: APNsBaseConnectionPool) -> PushqProtocol:
-        """A connection to send on: one with a free stream, else a new one (up to
-        max_connections), else the open one with the fewest waiters, where the
-        request then waits for a stream (aioapns' pool would poll every 10 ms)."""
-        connections: list[PushqProtocol] = pool.connections  # type: ignore[assignment]
-        if len(connections) >= pool.max_connections and all(c.is_busy for c in connections):
-            usable = [c for c in connections if not c.closing]
-            if usable:
-                return min(usable, key=lambda c: len(c.free_channels._waiters or ()))
-        return await pool.acquire()  # type: ignore[return-value]
-
-    async def _shutdown(self) -> None:
-        loop = asyncio.get_running_loop()
-        current = asyncio.current_task()
-        tasks = [task for task in asyncio.all_tasks() if task is not current]
-        for task in tasks:  # pushes of a send_many that stopped waiting
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        clients = list(self._clients.values())
-        self._clients.clear()
-        for client in clients:
-            client.pool.close()  # TLS close_notify; connection_lost removes them from the pool
-        deadline = loop.time() + CLOSE_TIMEOUT
-        while any(client.pool.connections for client in clients) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        for client in clients:
-            for connection in list(client.pool.connections):
-                if connection.transport is not None:
-                    connection.transport.abort()
-        while any(client.pool.connections for client in clients) and loop.time() < deadline + 1:
-            await asyncio.sleep(0.01)
-        for _ in range(3):  # transports close their sockets an iteration after connection_lost
-            await asyncio.sleep(0)
-        await loop.shutdown_asyncgens()
-        await loop.shutdown_default_executor()
-
-
-class _BadCredentials(Exception):
-    pass
+            document = json.loads(answer.body.decode("utf-8"))
+        except ValueError:
+            document = None
+        if isinstance(document, dict) and isinstance(document.get("reason"), str):
+            reason = document["reason"]
+    return ApnsAnswer(str(answer.status) if answer.status else "", reason, apns_id, answer.headers.get("retry-after"))

@@ -37,6 +37,7 @@ __all__ = ["Protocol", "WireClient"]
 
 _ATTEMPTS = 3  # connections a request that never left may be tried on
 DEFAULT_MAX_BODY = 64 * 1024
+CLOSE_TIMEOUT_SECONDS = 2.0  # close() waits this long for connections to close cleanly
 
 
 class Protocol(enum.Enum):
@@ -62,6 +63,9 @@ class _Origin:
         self.http1_count = 0  # open or opening HTTP/1.1 connections
         self.http1_turns: collections.deque[asyncio.Future[None]] = collections.deque()
         self.lock = asyncio.Lock()
+        # The last failure to connect and when: requests that waited for that attempt share its failure
+        # instead of each trying (and timing out) in turn.
+        self.failure: tuple[float, Exception] | None = None
 
     async def request(self, request: Request, target: str, max_body: int) -> Answer:
         for _ in range(_ATTEMPTS):
@@ -82,6 +86,7 @@ class _Origin:
     # -- choosing a connection -------------------------------------------------
 
     async def _connection(self) -> Connection:
+        asked_at = time.monotonic()
         while True:
             if self.protocol is Protocol.HTTP1:
                 return await self._http1_connection()
@@ -94,8 +99,14 @@ class _Origin:
                 picked = self._roomy_http2()
                 if picked is not None:
                     return picked
+                if self.failure is not None and self.failure[0] >= asked_at and not self.http2:
+                    raise type(self.failure[1])(str(self.failure[1]))  # the attempt it waited for failed
                 if self.protocol is None or len(self.http2) < self.client.max_http2_connections:
-                    connection = await self._open()
+                    try:
+                        connection = await self._open()
+                    except ConnectFailed as exc:
+                        self.failure = (time.monotonic(), exc)
+                        raise
                     if isinstance(connection, Http1Connection):  # ALPN chose HTTP/1.1: that pool's first
                         self.http1_count += 1
                         connection.busy = True
@@ -191,11 +202,13 @@ class _Origin:
             self.protocol = Protocol.HTTP1
         return connection
 
-    def close(self) -> None:
+    def close(self) -> list[Connection]:
+        """Close every connection of this origin; the ones closed (to wait for)."""
         connections: list[Connection] = [*self.http2, *self.idle]
         for connection in connections:
             connection.close()
         self.http2, self.idle = [], []
+        return connections
 
 
 class _AlpnChoice(asyncio.Protocol):
@@ -295,7 +308,17 @@ class WireClient:
         """Close every connection of this process (on its loop); the client may be used again."""
         if self._pid != os.getpid():
             self._origins, self._pid = {}, os.getpid()
+        closing: list[Connection] = []
         for origin in self._origins.values():
-            origin.close()
+            closing.extend(origin.close())
         self._origins = {}
-        await asyncio.sleep(0)  # let the transports close their sockets
+        lost = [connection.lost for connection in closing]
+        if lost:  # TLS says close_notify first: wait for the sockets to be closed, then abort stragglers
+            _, pending = await asyncio.wait(lost, timeout=CLOSE_TIMEOUT_SECONDS)
+            for connection in closing:
+                if not connection.lost.done():
+                    connection.abort()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        for _ in range(3):  # transports close their sockets an iteration after connection_lost
+            await asyncio.sleep(0)

@@ -38,6 +38,7 @@ class Http1Connection(asyncio.Protocol):
         self._closed = False
         self.busy = False
         self.idle_since = time.monotonic()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # done at connection_lost
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -61,6 +62,8 @@ class Http1Connection(asyncio.Protocol):
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
         self._closed = True
         self._fail(ConnectionLost(f"connection lost: {type(exc).__name__}" if exc else "connection closed"))
 

@@ -67,6 +67,7 @@ class Http2Connection(asyncio.Protocol):
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._window = asyncio.Event()
         self._settled: asyncio.Future[None] = self._loop.create_future()  # the server's first SETTINGS
+        self.lost: asyncio.Future[None] = self._loop.create_future()  # done at connection_lost
         self._closed = False
         self._draining = False  # GOAWAY received or out of stream ids: no new streams
         self.on_late_answer = on_late_answer
@@ -96,6 +97,8 @@ class Http2Connection(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
         self._terminate(ConnectionLost(f"connection lost: {type(exc).__name__}" if exc else "connection lost"))
 
     # -- state ----------------------------------------------------------------
