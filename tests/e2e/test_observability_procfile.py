@@ -26,6 +26,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.queues import ALL_QUEUES
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from tests.support import harness
@@ -33,7 +34,7 @@ from tests.support.harness import ROOT, TEST_ENV, Tenant
 from tests.support.helpers import wait_for
 
 METRICS_TOKEN = "metrics-test-token"
-QUEUES = ("fanout", "webpush", "apns", "fcm", "maintenance")
+QUEUES = ALL_QUEUES  # every queue the gauges report: the worker below consumes them all
 
 
 def procfile_command(name: str) -> str:
