@@ -185,7 +185,7 @@ def test_answers_that_came_back_are_kept_when_the_soft_time_limit_fires(
                 return connection.scalar(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                     " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE deliveries%'"
-                )) == 2
+                )) >= 2  # the suite's own worker, on the same database, may be waiting on these rows too
 
         wait_until("both chunks' claims waiting on the lock", claims_waiting, 30, detail=stack.logs)
         time.sleep(5)  # the fault: the claims (and the chunks' time limits) run on meanwhile

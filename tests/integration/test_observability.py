@@ -212,7 +212,8 @@ def _gauge(body: str, name: str, queue: str) -> float:
 
 def test_queue_gauges_are_read_once_per_interval_whatever_the_scrape_rate(settings, database, engine, monkeypatch):
     """/metrics ran two aggregate queries and opened a broker connection on every scrape: 60 scrapes (8 at a
-    time, over HTTP) now make one reading: 2 statements and 1 broker connection in all."""
+    time, over HTTP) now make one reading: 2 statements and 1 broker connection in all (plus the one statement
+    of the receipt rates' reading, cached the same way)."""
     app = create_app(settings.replace(metrics_refresh_seconds=3600))
     state = app.extensions["pushq"]
     statements: list[str] = []
@@ -232,7 +233,9 @@ def test_queue_gauges_are_read_once_per_interval_whatever_the_scrape_rate(settin
         server.stop()
     assert {answer.status_code for answer in answers} == {200}
     assert all("pushq_queue_waiting_items" in answer.text for answer in answers)
-    assert len(statements) == 2, statements
+    # one reading of each cached collector: the queue gauges' two statements, the receipt rates' one
+    assert len(statements) == 3, statements
+    assert sum("GROUP BY notifications.app_id" in statement for statement in statements) == 1
     assert len(connections) == 1
 
 
