@@ -141,7 +141,12 @@ def record_attempt(
     if reason is None:
         endpoint_values.update(last_success_at=now, last_error=None)
     else:
-        endpoint_values["last_error"] = reason
+        # Batches of one app can be answered in one order and written in another: a failure whose attempt
+        # began before the endpoint's last success is history, not the endpoint's state.
+        endpoint_values["last_error"] = case(
+            (and_(WebhookEndpoint.last_success_at.is_not(None), WebhookEndpoint.last_success_at > now),
+             WebhookEndpoint.last_error),
+            else_=reason)
     session.execute(update(WebhookEndpoint).where(WebhookEndpoint.app_id == batch.app_id).values(**endpoint_values)
                     .execution_options(synchronize_session=False))
     return written
